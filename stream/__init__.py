@@ -1,0 +1,1 @@
+"""The Faust application of streamrec: records, topics, tables, pure logic and agents."""

@@ -1,0 +1,124 @@
+"""The one frozen settings object, read from the environment (prefix ``STREAMREC_``) at the edge."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parent.parent
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+# deploy/bootstrap.sh writes where it installed the model env, the Kafka jars and the data.
+_PATHS_FILE = ROOT / ".venv" / "streamrec-paths.env"
+
+
+class SettingsError(ValueError):
+    """Raised with a readable message when the environment holds an invalid setting."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMREC_",
+        env_file=_PATHS_FILE,
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    # --- Kafka ---
+    kafka_host: str = "127.0.0.1"
+    kafka_port: Port = 19092
+    kafka_controller_port: Port = 19093
+    kafka_heap_mb: int = Field(default=512, ge=128, le=16384)
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    topic_partitions: int = Field(default=4, ge=1, le=256)
+    topic_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$", max_length=100)
+
+    # --- Triton ---
+    triton_host: str = "127.0.0.1"
+    triton_http_port: Port = 18000
+    triton_grpc_port: Port = 18001
+    triton_metrics_port: Port = 18002
+    triton_ready_timeout_s: float = Field(default=180.0, gt=0)
+
+    # --- worker ---
+    app_id: str = Field(default="streamrec", pattern=r"^[A-Za-z0-9._-]+$")
+    web_host: str = "127.0.0.1"
+    web_port: Port = 6066
+
+    # --- paths ---
+    cache_dir: Path = Path.home() / ".cache" / "streamrec"
+    run_dir: Path = ROOT / ".run"
+    model_repo: Path = ROOT / "model_repo"
+    model_env: Path | None = None
+    triton_backends: Path | None = None
+    kafka_home: Path | None = None
+    data_dir: Path | None = None
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return f"{self.kafka_host}:{self.kafka_port}"
+
+    @property
+    def triton_grpc_url(self) -> str:
+        return f"{self.triton_host}:{self.triton_grpc_port}"
+
+    @property
+    def triton_http_url(self) -> str:
+        return f"{self.triton_host}:{self.triton_http_port}"
+
+    @property
+    def triton_metrics_url(self) -> str:
+        return f"{self.triton_host}:{self.triton_metrics_port}"
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+    @model_validator(mode="after")
+    def _ports_distinct(self) -> Settings:
+        ports = {
+            "kafka_port": self.kafka_port,
+            "kafka_controller_port": self.kafka_controller_port,
+            "triton_http_port": self.triton_http_port,
+            "triton_grpc_port": self.triton_grpc_port,
+            "triton_metrics_port": self.triton_metrics_port,
+            "web_port": self.web_port,
+        }
+        seen: dict[int, str] = {}
+        for name, port in ports.items():
+            if port in seen:
+                raise ValueError(f"{name} and {seen[port]} both use port {port}; each needs its own")
+            seen[port] = name
+        if self.kafka_security_protocol.startswith("SASL") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                "kafka_security_protocol uses SASL but kafka_sasl_username/kafka_sasl_password are not set"
+            )
+        return self
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, turning validation errors into one clear message."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "settings"
+            env = f"STREAMREC_{loc.upper()}" if err["loc"] else "STREAMREC_*"
+            lines.append(f"  {env}: {err['msg']} (got {err.get('input')!r})")
+        raise SettingsError("invalid streamrec settings:\n" + "\n".join(lines)) from None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    return load_settings()

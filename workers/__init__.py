@@ -1,0 +1,1 @@
+"""Processes and services around the agents: stack launchers, ranker client, replay, CLI."""

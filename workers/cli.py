@@ -1,0 +1,79 @@
+"""The ``streamrec`` command line: thin commands over the modules that do the work."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import typer
+from rich.console import Console
+
+from stream.settings import Settings, SettingsError, get_settings
+
+app = typer.Typer(help="streamrec: streaming real-time recommendations", no_args_is_help=True)
+stack_app = typer.Typer(help="The local stack: a real Kafka broker and a real Triton server", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+console = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except SettingsError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+@stack_app.command("up")
+def stack_up() -> None:
+    """Start Kafka and Triton (idempotent) and wait until both are ready."""
+    from workers.stack import control, kafka, triton
+    from workers.stack.process import StackError
+
+    settings = _settings()
+    try:
+        timings = control.up(settings)
+    except StackError as exc:
+        console.print(f"[red]stack up failed:[/red] {exc}")
+        raise typer.Exit(1) from None
+    console.print(
+        f"kafka   ready in {timings['kafka']:.1f}s  bootstrap={settings.kafka_bootstrap}  "
+        f"log={kafka.process(settings).log_file}"
+    )
+    console.print(
+        f"triton  ready in {timings['triton']:.1f}s  grpc={settings.triton_grpc_url} "
+        f"http={settings.triton_http_url} metrics={settings.triton_metrics_url}  "
+        f"log={triton.process(settings).log_file}"
+    )
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop Triton and Kafka."""
+    from workers.stack import control
+
+    control.down(_settings())
+    console.print("stack stopped")
+
+
+@stack_app.command("status")
+def stack_status(as_json: bool = typer.Option(False, "--json", help="print machine-readable JSON")) -> None:
+    """Report whether each server is up; exits 1 when any part is down."""
+    from workers.stack import control
+
+    settings = _settings()
+    state = control.status(settings)
+    report = control.status_json(settings, state)
+    if as_json:
+        sys.stdout.write(json.dumps(report) + "\n")
+    else:
+        for name, info in report.items():
+            mark = "[green]up[/green]" if info["up"] else "[red]down[/red]"
+            where = "  ".join(f"{k}={v}" for k, v in info.items() if k != "up")
+            console.print(f"{name:7} {mark}  {where}")
+    if not state.all_up:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""Launchers for the local stack: a real Apache Kafka broker (KRaft) and a real tritonserver."""
