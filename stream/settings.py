@@ -51,8 +51,35 @@ class Settings(BaseSettings):
 
     # --- worker ---
     app_id: str = Field(default="streamrec", pattern=r"^[A-Za-z0-9._-]+$")
+    worker_instance_id: str = Field(default="worker-0", pattern=r"^[A-Za-z0-9._-]+$")
     web_host: str = "127.0.0.1"
     web_port: Port = 6066
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    broker_session_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    broker_request_timeout_s: float = Field(default=40.0, gt=0, le=600)
+    broker_commit_interval_s: float = Field(default=1.0, gt=0, le=60)
+    stream_buffer_maxsize: int = Field(default=4096, ge=16)
+    ingest_batch_max: int = Field(default=1000, ge=1)
+    ingest_batch_within_s: float = Field(default=0.05, gt=0, le=10)
+    query_batch_max: int = Field(default=32, ge=1, le=256)
+    query_batch_within_s: float = Field(default=0.01, gt=0, le=10)
+
+    # --- recommendations ---
+    candidates_max: int = Field(default=50, ge=1, le=500)
+    k_default: int = Field(default=10, ge=1, le=100)
+    trending_window_s: float = Field(default=6 * 3600.0, gt=0)
+    refresh_on_event: bool = False
+    refresh_debounce_s: float = Field(default=30.0, ge=0)
+
+    # --- ranker (Triton) ---
+    ranker_model: str = Field(default="ranker", pattern=r"^[A-Za-z0-9_.-]+$")
+    encoder_model: str = Field(default="encoder", pattern=r"^[A-Za-z0-9_.-]+$")
+    ranker_deadline_ms: float = Field(default=250.0, gt=0, le=60_000)
+    ranker_max_rows: int = Field(default=256, ge=1, le=4096)
+    ranker_concurrency: int = Field(default=4, ge=1, le=64)
+    breaker_failure_rate: float = Field(default=0.5, gt=0, le=1)
+    breaker_window: int = Field(default=20, ge=1)
+    breaker_open_s: float = Field(default=5.0, gt=0)
 
     # --- paths ---
     cache_dir: Path = Path.home() / ".cache" / "streamrec"

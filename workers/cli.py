@@ -11,7 +11,9 @@ from rich.console import Console
 from stream.settings import Settings, SettingsError, get_settings
 
 app = typer.Typer(help="streamrec: streaming real-time recommendations", no_args_is_help=True)
-stack_app = typer.Typer(help="The local stack: a real Kafka broker and a real Triton server", no_args_is_help=True)
+stack_app = typer.Typer(
+    help="The local stack: a real Kafka broker and a real Triton server", no_args_is_help=True
+)
 app.add_typer(stack_app, name="stack")
 console = Console(stderr=True)
 
@@ -77,3 +79,38 @@ def stack_status(as_json: bool = typer.Option(False, "--json", help="print machi
 
 def main() -> None:
     app()
+
+
+@app.command("worker")
+def worker() -> None:
+    """Run one stream worker in the foreground (several may run; they share the partitions)."""
+    from workers.worker import run_worker
+
+    run_worker(_settings())
+
+
+@app.command("replay")
+def replay(
+    events: int = typer.Option(2000, "--events", help="how many ratings to replay (0: all 100,000)"),
+    queries: int = typer.Option(200, "--queries", help="synthetic search queries interleaved"),
+    speed: float = typer.Option(0.0, "--speed", help="time compression (0: as fast as --max-rate allows)"),
+    max_rate: float = typer.Option(2000.0, "--max-rate", help="messages per second at most (0: no cap)"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Publish MovieLens-100K (catalog, events, queries) to the topics."""
+    import asyncio
+
+    from rich.progress import Progress
+
+    from workers.replay import plan, publish
+
+    settings = _settings()
+    replay_plan = plan(events or None, queries, seed=seed)
+    with Progress(console=console) as bar:
+        task = bar.add_task("replaying", total=len(replay_plan.stream))
+        counts = asyncio.run(
+            publish(
+                settings, replay_plan, speed, max_rate, progress=lambda n, _t: bar.update(task, completed=n)
+            )
+        )
+    console.print(f"published {counts}")

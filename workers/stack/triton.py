@@ -62,7 +62,11 @@ def _python_libdir(env_dir: Path) -> str:
     if cached.exists():
         return cached.read_text().strip()
     out = subprocess.run(
-        [str(env_dir / "bin" / "python3"), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
+        [
+            str(env_dir / "bin" / "python3"),
+            "-c",
+            "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))",
+        ],
         capture_output=True,
         text=True,
         check=True,

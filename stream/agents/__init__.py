@@ -1,0 +1,1 @@
+"""Thin Faust agents: read, call pure functions, write. Discovered by ``stream.app``."""

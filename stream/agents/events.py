@@ -1,0 +1,70 @@
+"""Ingestion: behaviour events → user profiles (table) and item activity (to the item-keyed topic)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import orjson
+
+from stream.agents.topics import dead_letter, events_topic, item_activity_topic, queries_topic
+from stream.app import app, settings
+from stream.context import event_context
+from stream.itemstats import Activity, activities_for
+from stream.profile import Profile, update_profile
+from stream.records import Event, InvalidMessage, Query, parse
+from stream.runtime import catalog, metrics
+from stream.tables import profiles
+
+REFRESH_TYPES = frozenset({"click", "purchase"})
+_last_refresh: dict[str, float] = {}  # debounce only: losing it on a rebalance costs one extra refresh
+
+
+def load_profile(user_id: str) -> Profile:
+    raw: Any = profiles.get(user_id)
+    return Profile.from_dict(raw) if raw else Profile(user_id=user_id)
+
+
+@app.agent(events_topic)
+async def ingest_events(stream: Any) -> None:
+    async for batch in stream.take_events(settings.ingest_batch_max, within=settings.ingest_batch_within_s):
+        metrics.ingest_batch.observe(len(batch))
+        activities: dict[str, list[Activity]] = defaultdict(list)
+        # Fold each user's events in order, then write each touched profile once per batch.
+        touched: dict[str, tuple[Any, Profile]] = {}
+        for event in batch:
+            try:
+                record = parse(Event, event.message.value, event.message.key, key_field="user_id")
+            except InvalidMessage as exc:
+                dead_letter(event, exc.reason)
+                continue
+            with event_context(event):
+                before = (
+                    touched[record.user_id][1] if record.user_id in touched else load_profile(record.user_id)
+                )
+            after = update_profile(before, record, catalog.get(record.item_id))
+            if after is before:
+                continue  # a duplicate event_id: already applied
+            touched[record.user_id] = (event, after)
+            metrics.events.labels(type=record.type).inc()
+            for activity in activities_for(before, record.event_id, record.item_id, record.ts):
+                activities[activity.item_id].append(activity)
+            if settings.refresh_on_event and record.type in REFRESH_TYPES:
+                _maybe_refresh(record)
+        for user_id, (event, profile) in touched.items():
+            with event_context(event):
+                profiles[user_id] = profile.to_dict()
+        for item_id, acts in activities.items():
+            item_activity_topic.send_soon(
+                key=item_id.encode(), value=orjson.dumps([a.to_dict() for a in acts])
+            )
+
+
+def _maybe_refresh(event: Event) -> None:
+    """Ask for fresh recommendations after a click/purchase, at most once per debounce period."""
+    last = _last_refresh.get(event.user_id, 0.0)
+    if event.ts - last < settings.refresh_debounce_s:
+        return
+    _last_refresh[event.user_id] = event.ts
+    query = Query(request_id=f"refresh-{event.event_id}", user_id=event.user_id, text="", ts=event.ts)
+    queries_topic.send_soon(key=event.user_id.encode(), value=query.to_json())

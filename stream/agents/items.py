@@ -1,0 +1,100 @@
+"""The catalog: items → the global ``items`` table; their embeddings computed once per change via Triton."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import orjson
+
+from stream.agents.topics import dead_letter, item_activity_topic, items_topic
+from stream.app import app, settings
+from stream.context import event_context
+from stream.itemstats import Activity, ItemStats, apply_activity
+from stream.records import InvalidMessage, Item, parse
+from stream.runtime import ranker_client
+from stream.tables import item_stats, item_vectors, items
+from stream.text import item_text
+from workers.ranker_client import RankerUnavailable
+
+log = logging.getLogger(__name__)
+EMBED_RETRY_MAX_S = 30.0
+
+
+@app.agent(items_topic)
+async def ingest_items(stream: Any) -> None:
+    async for batch in stream.take_events(64, within=0.5):
+        changed: list[tuple[Any, Item]] = []
+        for event in batch:
+            key = event.message.key
+            if event.message.value is None:  # a tombstone removes the item
+                if key:
+                    item_id = key.decode("utf-8", errors="replace")
+                    with event_context(event):
+                        items.pop(item_id, None)
+                        item_vectors.pop(item_id, None)
+                continue
+            try:
+                item = parse(Item, event.message.value, key, key_field="item_id")
+            except InvalidMessage as exc:
+                dead_letter(event, exc.reason)
+                continue
+            with event_context(event):
+                items[item.item_id] = item.model_dump(mode="json")
+            changed.append((event, item))
+        if changed:
+            await _embed(changed)
+
+
+async def _embed(changed: list[tuple[Any, Item]]) -> None:
+    """Embed changed items, retrying with backoff until Triton answers: an item is never left unembedded."""
+    delay = 0.5
+    while True:
+        deadline = time.monotonic() + max(settings.ranker_deadline_ms / 1000.0, 2.0)
+        try:
+            vectors = await ranker_client.embed([item_text(item) for _, item in changed], deadline)
+            break
+        except RankerUnavailable as exc:
+            log.warning("embedding %d items failed (%s); retrying in %.1fs", len(changed), exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, EMBED_RETRY_MAX_S)
+    for (event, item), vector in zip(changed, vectors, strict=True):
+        with event_context(event):
+            item_vectors[item.item_id] = {
+                "updated_at": item.updated_at,
+                "vector": [round(float(v), 6) for v in vector],
+            }
+
+
+@app.agent(item_activity_topic)
+async def apply_item_activity(stream: Any) -> None:
+    """Folds activities into per-item statistics, writing each touched item once per batch."""
+    async for batch in stream.take_events(2000, within=0.5):
+        touched: dict[str, tuple[Any, ItemStats]] = {}
+        for event in batch:
+            for raw in _activities(event):
+                activity = Activity.from_dict(raw)
+                if activity.item_id in touched:
+                    current = touched[activity.item_id][1]
+                else:
+                    with event_context(event):
+                        stored: Any = item_stats.get(activity.item_id)
+                    current = ItemStats.from_dict(stored) if stored else ItemStats(activity.item_id)
+                touched[activity.item_id] = (
+                    event,
+                    apply_activity(current, activity, settings.trending_window_s),
+                )
+        for item_id, (event, stats) in touched.items():
+            with event_context(event):
+                item_stats[item_id] = stats.to_dict()
+
+
+def _activities(event: Any) -> list[dict[str, Any]]:
+    try:
+        data = orjson.loads(event.message.value or b"[]")
+    except orjson.JSONDecodeError:
+        dead_letter(event, "item-activity message is not valid JSON")
+        return []
+    return data if isinstance(data, list) else []

@@ -1,0 +1,43 @@
+"""Recommendation requests → ranked, explained recommendations on the ``recommendations`` topic."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stream.agents.events import load_profile
+from stream.agents.topics import dead_letter, queries_topic, recommendations_topic
+from stream.app import app, settings
+from stream.context import event_context
+from stream.profile import Profile, record_query
+from stream.records import InvalidMessage, Query, parse
+from stream.runtime import metrics, recommender
+from stream.tables import profiles
+
+
+@app.agent(queries_topic)
+async def answer_queries(stream: Any) -> None:
+    async for batch in stream.take_events(settings.query_batch_max, within=settings.query_batch_within_s):
+        requests: list[tuple[Query, Profile]] = []
+        refreshes: list[tuple[Query, Profile]] = []
+        for event in batch:
+            try:
+                query = parse(Query, event.message.value, event.message.key, key_field="user_id")
+            except InvalidMessage as exc:
+                dead_letter(event, exc.reason)
+                continue
+            with event_context(event):
+                profile = load_profile(query.user_id)
+                if query.text:
+                    profile = record_query(profile, query.text, query.ts)
+                    profiles[query.user_id] = profile.to_dict()
+            target = refreshes if query.request_id.startswith("refresh-") else requests
+            target.append((query, profile))
+        metrics.queries.inc(len(requests) + len(refreshes))
+        recs = [
+            *(await recommender.recommend(requests)),
+            *(await recommender.recommend(refreshes, trigger="event")),
+        ]
+        for rec in recs:
+            metrics.recommendations.labels(fallback=str(rec.fallback).lower()).inc()
+            metrics.e2e_latency.observe(rec.latency_ms / 1000.0)
+            recommendations_topic.send_soon(key=rec.user_id.encode(), value=rec.to_json())

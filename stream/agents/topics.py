@@ -1,0 +1,58 @@
+"""The Faust topic objects (raw bytes in and out) and the dead-letter path shared by all agents."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from typing import Any
+
+from stream.app import app, settings
+from stream.metrics import reason_label
+from stream.records import DeadLetter
+from stream.runtime import metrics
+from stream.topics import TOPIC_SPECS
+
+log = logging.getLogger(__name__)
+
+
+def _topic(name: str) -> Any:
+    spec = next(s for s in TOPIC_SPECS if s.name == name)
+    return app.topic(
+        settings.topic(name),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=spec.partitions or settings.topic_partitions,
+        config=spec.config,
+    )
+
+
+items_topic = _topic("items")
+events_topic = _topic("events")
+queries_topic = _topic("queries")
+recommendations_topic = _topic("recommendations")
+dead_letters_topic = _topic("dead-letters")
+erasure_topic = _topic("user-erasure")
+erasure_confirmations_topic = _topic("user-erasure-confirmations")
+item_activity_topic = _topic("item-activity")
+
+
+def dead_letter(event: Any, reason: str) -> None:
+    """Send the raw message with its origin and ``reason`` to ``dead-letters``; never raises."""
+    msg = event.message
+    topic = str(msg.topic).removeprefix(settings.topic_prefix)
+    record = DeadLetter(
+        topic=msg.topic,
+        partition=msg.partition,
+        offset=msg.offset,
+        key=msg.key.decode("utf-8", errors="replace") if isinstance(msg.key, bytes) else None,
+        reason=reason,
+        raw=base64.b64encode(msg.value or b"").decode("ascii"),
+        received_at=time.time(),
+    )
+    metrics.invalid.labels(topic=topic).inc()
+    metrics.dead_letters.labels(topic=topic, reason=reason_label(reason)).inc()
+    log.warning("dead-lettered %s[%s]@%s: %s", msg.topic, msg.partition, msg.offset, reason)
+    dead_letters_topic.send_soon(key=msg.key, value=record.to_json())

@@ -1,0 +1,68 @@
+"""The one Faust application object; agents live in ``stream.agents`` and are discovered explicitly."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import faust
+
+from stream.settings import Settings, get_settings
+
+
+def credentials(settings: Settings) -> Any:
+    """SASL/SSL credentials for Faust from the settings (None for plaintext)."""
+    context = (
+        ssl.create_default_context(cafile=settings.kafka_ssl_cafile)
+        if "SSL" in settings.kafka_security_protocol
+        else None
+    )
+    if settings.kafka_security_protocol.startswith("SASL"):
+        password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=password,
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=context,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
+def create_app(settings: Settings) -> faust.App:
+    datadir = settings.run_dir / "workers" / settings.worker_instance_id
+    datadir.parent.mkdir(parents=True, exist_ok=True)
+    return faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        broker_credentials=credentials(settings),
+        store="rocksdb://",
+        datadir=str(datadir),
+        autodiscover=["stream.agents"],
+        origin="stream",
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=1,
+        topic_allow_declare=True,
+        topic_disable_leader=True,
+        # A restarted worker takes over its own partitions at once instead of waiting for its dead self.
+        consumer_group_instance_id=settings.worker_instance_id,
+        broker_session_timeout=settings.broker_session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.broker_session_timeout_s / 3),
+        broker_request_timeout=settings.broker_request_timeout_s,
+        broker_commit_interval=settings.broker_commit_interval_s,
+        stream_buffer_maxsize=settings.stream_buffer_maxsize,
+        producer_acks=-1,
+        web_enabled=True,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        key_serializer="raw",
+        value_serializer="raw",
+        table_cleanup_interval=30.0,
+        stream_recovery_delay=0.0,
+    )
+
+
+settings = get_settings()
+app = create_app(settings)

@@ -1,0 +1,137 @@
+"""Per-item statistics: co-visitation, item-item co-occurrence, and hopping-window counts.
+
+Fed by ``Activity`` messages that the user-partitioned event agent derives from each event and
+sends to a topic keyed by item, so each item's statistics have one writer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from stream.profile import Profile
+
+NEAR_WINDOW = 5  # a co-visit: the two items are at most this many steps apart in the user's history
+HISTORY_FOR_COOC = 20  # how far back in the user's history an event pairs with earlier items
+MAX_NEIGHBORS = 60
+MAX_SEEN = 32
+BUCKET_S = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """One event's effect on one item: count it (for the event's own item) and pair it."""
+
+    activity_id: str
+    item_id: str
+    ts: float
+    count: bool
+    co_items: tuple[tuple[str, int], ...]  # (other item, distance in the user's history)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "activity_id": self.activity_id,
+            "item_id": self.item_id,
+            "ts": self.ts,
+            "count": self.count,
+            "co_items": [list(c) for c in self.co_items],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Activity:
+        return cls(
+            activity_id=str(data["activity_id"]),
+            item_id=str(data["item_id"]),
+            ts=float(data["ts"]),
+            count=bool(data["count"]),
+            co_items=tuple((str(i), int(d)) for i, d in data.get("co_items", [])),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ItemStats:
+    item_id: str
+    total: int = 0
+    buckets: dict[int, int] = field(default_factory=dict)
+    near: dict[str, float] = field(default_factory=dict)
+    cooc: dict[str, float] = field(default_factory=dict)
+    seen: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "item_id": self.item_id,
+            "total": self.total,
+            "buckets": {str(k): v for k, v in self.buckets.items()},
+            "near": dict(self.near),
+            "cooc": dict(self.cooc),
+            "seen": list(self.seen),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ItemStats:
+        return cls(
+            item_id=str(data["item_id"]),
+            total=int(data.get("total", 0)),
+            buckets={int(k): int(v) for k, v in data.get("buckets", {}).items()},
+            near={str(k): float(v) for k, v in data.get("near", {}).items()},
+            cooc={str(k): float(v) for k, v in data.get("cooc", {}).items()},
+            seen=tuple(data.get("seen", [])),
+        )
+
+
+def activities_for(profile_before: Profile, event_id: str, item_id: str, ts: float) -> list[Activity]:
+    """The activities one event produces, given the user's profile *before* the event."""
+    history: list[str] = []
+    for recent in reversed(profile_before.recent_items):
+        if recent.item_id != item_id and recent.item_id not in history:
+            history.append(recent.item_id)
+        if len(history) >= HISTORY_FOR_COOC:
+            break
+    pairs = tuple((other, distance) for distance, other in enumerate(history, start=1))
+    out = [Activity(event_id, item_id, ts, True, pairs)]
+    out.extend(Activity(event_id, other, ts, False, ((item_id, distance),)) for other, distance in pairs)
+    return out
+
+
+def apply_activity(stats: ItemStats, activity: Activity, window_s: float) -> ItemStats:
+    """Fold one activity into an item's statistics; a replayed activity changes nothing."""
+    if activity.activity_id in stats.seen:
+        return stats
+    total, buckets = stats.total, stats.buckets
+    if activity.count:
+        total += 1
+        bucket = int(activity.ts // BUCKET_S)
+        oldest = int((activity.ts - 2 * window_s) // BUCKET_S)
+        buckets = {b: c for b, c in stats.buckets.items() if b >= oldest}
+        buckets[bucket] = buckets.get(bucket, 0) + 1
+    near, cooc = dict(stats.near), dict(stats.cooc)
+    for other, distance in activity.co_items:
+        cooc[other] = cooc.get(other, 0.0) + 1.0
+        if distance <= NEAR_WINDOW:
+            near[other] = near.get(other, 0.0) + 1.0
+    if len(cooc) > MAX_NEIGHBORS * 5 // 4:
+        keep = sorted(cooc, key=lambda k: (-cooc[k], k))[:MAX_NEIGHBORS]
+        cooc = {k: cooc[k] for k in keep}
+        near = {k: v for k, v in near.items() if k in cooc}
+    return replace(
+        stats,
+        total=total,
+        buckets=buckets,
+        near=near,
+        cooc=cooc,
+        seen=(*stats.seen, activity.activity_id)[-MAX_SEEN:],
+    )
+
+
+def window_count(stats: ItemStats, now: float, window_s: float) -> int:
+    """Interactions in the hopping window of ``window_s`` ending at the bucket holding ``now``."""
+    last = int(now // BUCKET_S)
+    first = int((now - window_s) // BUCKET_S) + 1
+    return sum(c for b, c in stats.buckets.items() if first <= b <= last)
+
+
+def knn_similarity(cooc: float, total_a: int, total_b: int) -> float:
+    if cooc <= 0 or total_a <= 0 or total_b <= 0:
+        return 0.0
+    return cooc / math.sqrt(total_a * total_b)

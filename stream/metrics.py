@@ -1,0 +1,101 @@
+"""All of streamrec's Prometheus metrics in one typed bundle on an injectable registry (seconds as unit)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    registry: CollectorRegistry
+    events: Counter
+    invalid: Counter
+    dead_letters: Counter
+    queries: Counter
+    recommendations: Counter
+    fallbacks: Counter
+    e2e_latency: Histogram
+    ranker_latency: Histogram
+    ranker_batch: Histogram
+    ingest_batch: Histogram
+    breaker_state: Gauge
+    table_size: Gauge
+    consumer_lag: Gauge
+    erasures: Counter
+    model_version: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
+        r = registry if registry is not None else CollectorRegistry()
+        p = "streamrec_"
+        return cls(
+            registry=r,
+            events=Counter(f"{p}events", "Behaviour events applied to state", ["type"], registry=r),
+            invalid=Counter(f"{p}invalid_events", "Messages that failed validation", ["topic"], registry=r),
+            dead_letters=Counter(
+                f"{p}dead_letters", "Messages sent to the dead-letter topic", ["topic", "reason"], registry=r
+            ),
+            queries=Counter(f"{p}queries", "Recommendation requests handled", registry=r),
+            recommendations=Counter(
+                f"{p}recommendations", "Recommendations published", ["fallback"], registry=r
+            ),
+            fallbacks=Counter(
+                f"{p}fallbacks", "Requests answered by the fallback ranking", ["cause"], registry=r
+            ),
+            e2e_latency=Histogram(
+                f"{p}e2e_latency_seconds",
+                "From the triggering message's ts to the recommendation being sent",
+                buckets=LATENCY_BUCKETS,
+                registry=r,
+            ),
+            ranker_latency=Histogram(
+                f"{p}ranker_latency_seconds",
+                "Triton ranker call latency",
+                buckets=LATENCY_BUCKETS,
+                registry=r,
+            ),
+            ranker_batch=Histogram(
+                f"{p}ranker_batch_size", "Rows per Triton ranker request", buckets=BATCH_BUCKETS, registry=r
+            ),
+            ingest_batch=Histogram(
+                f"{p}ingest_batch_size", "Events per ingestion batch", buckets=BATCH_BUCKETS, registry=r
+            ),
+            breaker_state=Gauge(
+                f"{p}breaker_state", "Ranker circuit breaker: 0 closed, 1 half-open, 2 open", registry=r
+            ),
+            table_size=Gauge(f"{p}table_size", "Keys in each table on this worker", ["table"], registry=r),
+            consumer_lag=Gauge(
+                f"{p}consumer_lag",
+                "Messages behind the end of each partition",
+                ["topic", "partition"],
+                registry=r,
+            ),
+            erasures=Counter(f"{p}erasures", "Users erased on request", registry=r),
+            model_version=Gauge(
+                f"{p}model_version", "Ranker model version that answered last", ["model"], registry=r
+            ),
+        )
+
+
+# Bounded label values: reasons are bucketed so a flood of distinct errors cannot explode the series.
+DEAD_LETTER_REASONS = ("json", "schema", "key_mismatch", "too_large", "empty", "other")
+
+
+def reason_label(reason: str) -> str:
+    text = reason.lower()
+    if "json" in text or "utf-8" in text:
+        return "json"
+    if "key" in text and "does not match" in text:
+        return "key_mismatch"
+    if "exceeds" in text:
+        return "too_large"
+    if "empty" in text:
+        return "empty"
+    if ":" in text:
+        return "schema"
+    return "other"

@@ -1,0 +1,44 @@
+"""The worker's shared runtime: metrics, the derived catalog index and snapshots, and the Triton client.
+
+Nothing here is per-user state (that lives in tables); these are caches derived from global tables
+and the services that own network clients.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+from prometheus_client import REGISTRY
+
+from stream.app import app, settings
+from stream.catalog import CatalogIndex
+from stream.itemstats import ItemStats
+from stream.metrics import Metrics
+from stream.recommend import Recommender, Snapshot
+from stream.tables import item_stats
+from workers.ranker_client import RankerClient
+
+metrics = Metrics.create(REGISTRY)
+catalog = CatalogIndex()
+snapshot = Snapshot()
+
+
+def lookup_item_stats(item_id: str) -> ItemStats | None:
+    raw: Any = item_stats.get(item_id)
+    return ItemStats.from_dict(raw) if raw else None
+
+
+ranker_client = RankerClient(settings, metrics)
+recommender = Recommender(settings, catalog, lookup_item_stats, snapshot, ranker_client, metrics)
+
+
+@app.service
+class RankerService(faust.Service):
+    """Owns the Triton client's connection: opened when the worker starts, closed when it stops."""
+
+    async def on_start(self) -> None:
+        await ranker_client.start()
+
+    async def on_stop(self) -> None:
+        await ranker_client.close()

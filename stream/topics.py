@@ -1,0 +1,36 @@
+"""Every topic streamrec reads or writes, with explicit partition counts and configs.
+
+Topics are raw bytes: payloads are plain JSON (docs/topics.md), parsed by ``stream.records.parse``
+inside the agents so that bad input is dead-lettered instead of killing the agent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from stream.settings import Settings
+
+DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    config: dict[str, str]
+    partitions: int | None = None  # None: settings.topic_partitions
+
+
+TOPIC_SPECS: tuple[TopicSpec, ...] = (
+    TopicSpec("items", {"cleanup.policy": "compact"}),
+    TopicSpec("events", {"retention.ms": str(7 * DAY_MS)}),
+    TopicSpec("queries", {"retention.ms": str(7 * DAY_MS)}),
+    TopicSpec("recommendations", {"retention.ms": str(7 * DAY_MS)}),
+    TopicSpec("dead-letters", {"retention.ms": str(30 * DAY_MS)}),
+    TopicSpec("user-erasure", {"retention.ms": str(30 * DAY_MS)}),
+    TopicSpec("user-erasure-confirmations", {"retention.ms": str(30 * DAY_MS)}),
+    TopicSpec("item-activity", {"retention.ms": str(1 * DAY_MS)}),
+)
+
+
+def topic_names(settings: Settings) -> dict[str, str]:
+    return {spec.name: settings.topic(spec.name) for spec in TOPIC_SPECS}

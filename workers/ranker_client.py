@@ -1,0 +1,190 @@
+"""The Triton client, owned by one service: opened on start, closed on stop, a deadline on every call.
+
+Failures and timeouts trip a circuit breaker; callers then use the fallback ranking. Nothing here
+blocks the event loop: ``tritonclient.grpc.aio`` only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import tritonclient.grpc.aio as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from stream.breaker import BreakerState, CircuitBreaker
+from stream.metrics import Metrics
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class RankerUnavailable(RuntimeError):
+    """Triton could not answer within the deadline (or the breaker is open); ``cause`` is a short label."""
+
+    def __init__(self, cause: str, detail: str = "") -> None:
+        super().__init__(f"{cause}: {detail}" if detail else cause)
+        self.cause = cause
+
+
+@dataclass(frozen=True)
+class RankRequest:
+    query_text: str
+    item_texts: Sequence[str]
+    features: np.ndarray  # (len(item_texts), N_FEATURES) float32
+
+
+@dataclass(frozen=True)
+class RankResult:
+    scores: list[np.ndarray]
+    model_version: str
+
+
+class RankerClient:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.breaker = CircuitBreaker(
+            failure_rate=settings.breaker_failure_rate,
+            window=settings.breaker_window,
+            open_s=settings.breaker_open_s,
+        )
+        self._client: grpcclient.InferenceServerClient | None = None
+        self._slots = asyncio.Semaphore(settings.ranker_concurrency)
+
+    async def __aenter__(self) -> RankerClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        if self._client is None:
+            self._client = grpcclient.InferenceServerClient(self.settings.triton_grpc_url)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
+
+    async def ready(self, timeout_s: float = 1.0) -> bool:
+        if self._client is None:
+            return False
+        try:
+            return bool(
+                await asyncio.wait_for(self._client.is_model_ready(self.settings.ranker_model), timeout_s)
+            )
+        except (InferenceServerException, TimeoutError, OSError):
+            return False
+
+    # --- calls -------------------------------------------------------------------------------
+    async def embed(self, texts: Sequence[str], deadline: float) -> np.ndarray:
+        """Sentence embeddings for ``texts`` from the encoder model; ``deadline`` is a monotonic time."""
+        array = np.array([[t.encode("utf-8")] for t in texts], dtype=object)
+        inp = grpcclient.InferInput("TEXT", list(array.shape), "BYTES")
+        inp.set_data_from_numpy(array)
+        result, _ = await self._infer(self.settings.encoder_model, [inp], "EMBEDDING", deadline)
+        return result
+
+    async def rank(self, requests: Sequence[RankRequest], deadline: float) -> RankResult:
+        """Scores for each request's rows; requests are packed into Triton calls of bounded size."""
+        rows_q: list[str] = []
+        rows_i: list[str] = []
+        feats: list[np.ndarray] = []
+        sizes = []
+        for req in requests:
+            n = len(req.item_texts)
+            rows_q.extend([req.query_text] * n)
+            rows_i.extend(req.item_texts)
+            feats.append(np.asarray(req.features, dtype=np.float32).reshape(n, -1))
+            sizes.append(n)
+        if not rows_q:
+            return RankResult([np.zeros(0, np.float32) for _ in requests], "")
+        features = np.concatenate(feats)
+        chunk = self.settings.ranker_max_rows
+        calls = [
+            self._rank_rows(rows_q[s : s + chunk], rows_i[s : s + chunk], features[s : s + chunk], deadline)
+            for s in range(0, len(rows_q), chunk)
+        ]
+        results = await asyncio.gather(*calls)
+        scores = np.concatenate([r[0] for r in results]).reshape(-1)
+        version = results[-1][1]
+        out, start = [], 0
+        for n in sizes:
+            out.append(scores[start : start + n])
+            start += n
+        return RankResult(out, version)
+
+    async def _rank_rows(
+        self, queries: list[str], items: list[str], features: np.ndarray, deadline: float
+    ) -> tuple[np.ndarray, str]:
+        q = np.array([[t.encode("utf-8")] for t in queries], dtype=object)
+        i = np.array([[t.encode("utf-8")] for t in items], dtype=object)
+        inputs = [
+            grpcclient.InferInput("QUERY", list(q.shape), "BYTES"),
+            grpcclient.InferInput("ITEM", list(i.shape), "BYTES"),
+            grpcclient.InferInput("FEATURES", list(features.shape), "FP32"),
+        ]
+        inputs[0].set_data_from_numpy(q)
+        inputs[1].set_data_from_numpy(i)
+        inputs[2].set_data_from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+        self.metrics.ranker_batch.observe(len(queries))
+        return await self._infer(self.settings.ranker_model, inputs, "SCORE", deadline)
+
+    async def _infer(
+        self, model: str, inputs: list[grpcclient.InferInput], output: str, deadline: float
+    ) -> tuple[np.ndarray, str]:
+        if self._client is None:
+            raise RankerUnavailable("not_started")
+        if not self.breaker.allow():
+            self._publish_breaker()
+            raise RankerUnavailable("breaker_open")
+        started = time.monotonic()
+        remaining = deadline - started
+        if remaining <= 0.001:
+            raise RankerUnavailable("deadline", "no time left before the call")
+        try:
+            async with asyncio.timeout(remaining):
+                async with self._slots:
+                    left = max(deadline - time.monotonic(), 0.001)
+                    result = await self._client.infer(
+                        model,
+                        inputs,
+                        outputs=[grpcclient.InferRequestedOutput(output)],
+                        client_timeout=left,
+                    )
+        except TimeoutError:
+            self._record(False)
+            raise RankerUnavailable("deadline", f"{model} exceeded {remaining * 1000:.0f} ms") from None
+        except InferenceServerException as exc:
+            self._record(False)
+            cause = "deadline" if "Deadline" in str(exc) else "triton_error"
+            raise RankerUnavailable(cause, str(exc)[:200]) from None
+        except (OSError, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            self._record(False)
+            raise RankerUnavailable("connection", str(exc)[:200]) from None
+        self._record(True)
+        if model == self.settings.ranker_model:
+            self.metrics.ranker_latency.observe(time.monotonic() - started)
+        array = result.as_numpy(output)
+        if array is None:
+            raise RankerUnavailable("triton_error", f"{model} returned no {output}")
+        return array, str(result.get_response().model_version)
+
+    def _record(self, ok: bool) -> None:
+        self.breaker.record(ok)
+        self._publish_breaker()
+
+    def _publish_breaker(self) -> None:
+        self.metrics.breaker_state.set(int(self.breaker.state))
+
+    @property
+    def breaker_state(self) -> BreakerState:
+        return self.breaker.state

@@ -1,0 +1,32 @@
+"""``streamrec worker``: one Faust worker in the foreground against the configured broker and Triton."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+from stream.settings import Settings
+from workers.kafka_clients import ensure_topics
+
+
+def run_worker(settings: Settings) -> None:
+    asyncio.run(ensure_topics(settings))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from stream.app import app  # imported late: building the app reads settings and opens no sockets
+
+    sys.argv = [
+        "streamrec-worker",
+        "-L",
+        "uvloop",
+        "worker",
+        "--loglevel",
+        settings.log_level,
+        "--web-bind",
+        settings.web_host,
+        "--web-host",
+        settings.web_host,
+        "--web-port",
+        str(settings.web_port),
+    ]
+    app.main()
