@@ -37,7 +37,7 @@ def create_app(settings: Settings) -> faust.App:
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
         broker_credentials=credentials(settings),
-        store="rocksdb://",
+        store=settings.store_url,
         datadir=str(datadir),
         autodiscover=["stream.agents"],
         origin="stream",

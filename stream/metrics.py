@@ -66,7 +66,10 @@ class Metrics:
                 f"{p}ingest_batch_size", "Events per ingestion batch", buckets=BATCH_BUCKETS, registry=r
             ),
             breaker_state=Gauge(
-                f"{p}breaker_state", "Ranker circuit breaker: 0 closed, 1 half-open, 2 open", registry=r
+                f"{p}breaker_state",
+                "Circuit breaker per Triton model: 0 closed, 1 half-open, 2 open",
+                ["model"],
+                registry=r,
             ),
             table_size=Gauge(f"{p}table_size", "Keys in each table on this worker", ["table"], registry=r),
             consumer_lag=Gauge(

@@ -33,6 +33,15 @@ ranker_client = RankerClient(settings, metrics)
 recommender = Recommender(settings, catalog, lookup_item_stats, snapshot, ranker_client, metrics)
 
 
+PRODUCER_BUFFER_MAX = 20_000
+
+
+@app.task
+async def tune_producer_buffer() -> None:
+    # Batches write hundreds of table keys at once; the default buffer of 100 makes every batch wait.
+    app.producer.buffer.max_messages = PRODUCER_BUFFER_MAX
+
+
 @app.service
 class RankerService(faust.Service):
     """Owns the Triton client's connection: opened when the worker starts, closed when it stops."""

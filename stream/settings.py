@@ -51,13 +51,14 @@ class Settings(BaseSettings):
 
     # --- worker ---
     app_id: str = Field(default="streamrec", pattern=r"^[A-Za-z0-9._-]+$")
+    store_url: Literal["rocksdb://", "memory://"] = "rocksdb://"
     worker_instance_id: str = Field(default="worker-0", pattern=r"^[A-Za-z0-9._-]+$")
     web_host: str = "127.0.0.1"
     web_port: Port = 6066
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     broker_session_timeout_s: float = Field(default=10.0, gt=0, le=300)
     broker_request_timeout_s: float = Field(default=40.0, gt=0, le=600)
-    broker_commit_interval_s: float = Field(default=1.0, gt=0, le=60)
+    broker_commit_interval_s: float = Field(default=2.0, gt=0, le=60)
     stream_buffer_maxsize: int = Field(default=4096, ge=16)
     ingest_batch_max: int = Field(default=1000, ge=1)
     ingest_batch_within_s: float = Field(default=0.05, gt=0, le=10)

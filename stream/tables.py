@@ -5,15 +5,11 @@ from __future__ import annotations
 from stream.app import app
 
 # Per-user profile, partitioned like ``events`` and ``queries`` (key: user_id).
-profiles = app.Table("profiles", default=None, key_type=str, key_serializer="raw", value_serializer="json")
+profiles = app.Table("profiles", default=None, key_type=str)
 
 # The catalog and its embeddings: every worker needs all of it to generate candidates.
-items = app.GlobalTable("items", default=None, key_type=str, key_serializer="raw", value_serializer="json")
-item_vectors = app.GlobalTable(
-    "item-vectors", default=None, key_type=str, key_serializer="raw", value_serializer="json"
-)
+items = app.GlobalTable("items", default=None, key_type=str)
+item_vectors = app.GlobalTable("item-vectors", default=None, key_type=str)
 
 # Co-visitation, co-occurrence and windowed counts per item, written by the ``item-activity`` agent.
-item_stats = app.GlobalTable(
-    "item-stats", default=None, key_type=str, key_serializer="raw", value_serializer="json"
-)
+item_stats = app.GlobalTable("item-stats", default=None, key_type=str)

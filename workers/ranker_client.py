@@ -17,6 +17,7 @@ import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from stream.breaker import BreakerState, CircuitBreaker
+from stream.features import N_FEATURES
 from stream.metrics import Metrics
 from stream.settings import Settings
 
@@ -48,11 +49,15 @@ class RankerClient:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.breaker = CircuitBreaker(
-            failure_rate=settings.breaker_failure_rate,
-            window=settings.breaker_window,
-            open_s=settings.breaker_open_s,
-        )
+        # One breaker per model: a broken ranker must not stop catalog embeddings, and vice versa.
+        self.breakers = {
+            model: CircuitBreaker(
+                failure_rate=settings.breaker_failure_rate,
+                window=settings.breaker_window,
+                open_s=settings.breaker_open_s,
+            )
+            for model in (settings.ranker_model, settings.encoder_model)
+        }
         self._client: grpcclient.InferenceServerClient | None = None
         self._slots = asyncio.Semaphore(settings.ranker_concurrency)
 
@@ -101,9 +106,9 @@ class RankerClient:
             n = len(req.item_texts)
             rows_q.extend([req.query_text] * n)
             rows_i.extend(req.item_texts)
-            feats.append(np.asarray(req.features, dtype=np.float32).reshape(n, -1))
+            feats.append(np.asarray(req.features, dtype=np.float32).reshape(n, N_FEATURES))
             sizes.append(n)
-        if not rows_q:
+        if not rows_q:  # nothing to score (e.g. an empty catalog): no call, no version
             return RankResult([np.zeros(0, np.float32) for _ in requests], "")
         features = np.concatenate(feats)
         chunk = self.settings.ranker_max_rows
@@ -141,8 +146,9 @@ class RankerClient:
     ) -> tuple[np.ndarray, str]:
         if self._client is None:
             raise RankerUnavailable("not_started")
-        if not self.breaker.allow():
-            self._publish_breaker()
+        breaker = self.breakers[model]
+        if not breaker.allow():
+            self._publish_breaker(model)
             raise RankerUnavailable("breaker_open")
         started = time.monotonic()
         remaining = deadline - started
@@ -159,18 +165,18 @@ class RankerClient:
                         client_timeout=left,
                     )
         except TimeoutError:
-            self._record(False)
+            self._record(model, False)
             raise RankerUnavailable("deadline", f"{model} exceeded {remaining * 1000:.0f} ms") from None
         except InferenceServerException as exc:
-            self._record(False)
+            self._record(model, False)
             cause = "deadline" if "Deadline" in str(exc) else "triton_error"
             raise RankerUnavailable(cause, str(exc)[:200]) from None
         except (OSError, asyncio.CancelledError) as exc:
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            self._record(False)
+            self._record(model, False)
             raise RankerUnavailable("connection", str(exc)[:200]) from None
-        self._record(True)
+        self._record(model, True)
         if model == self.settings.ranker_model:
             self.metrics.ranker_latency.observe(time.monotonic() - started)
         array = result.as_numpy(output)
@@ -178,13 +184,12 @@ class RankerClient:
             raise RankerUnavailable("triton_error", f"{model} returned no {output}")
         return array, str(result.get_response().model_version)
 
-    def _record(self, ok: bool) -> None:
-        self.breaker.record(ok)
-        self._publish_breaker()
+    def _record(self, model: str, ok: bool) -> None:
+        self.breakers[model].record(ok)
+        self._publish_breaker(model)
 
-    def _publish_breaker(self) -> None:
-        self.metrics.breaker_state.set(int(self.breaker.state))
+    def _publish_breaker(self, model: str) -> None:
+        self.metrics.breaker_state.labels(model=model).set(int(self.breakers[model].state))
 
-    @property
-    def breaker_state(self) -> BreakerState:
-        return self.breaker.state
+    def breaker_state(self, model: str | None = None) -> BreakerState:
+        return self.breakers[model or self.settings.ranker_model].state

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+import orjson
 
 from stream.agents.events import load_profile
 from stream.agents.topics import dead_letter, queries_topic, recommendations_topic
@@ -12,6 +15,15 @@ from stream.profile import Profile, record_query
 from stream.records import InvalidMessage, Query, parse
 from stream.runtime import metrics, recommender
 from stream.tables import profiles
+
+log = logging.getLogger(__name__)
+
+
+def _request_id(event: Any) -> str | None:
+    try:
+        return str(orjson.loads(event.message.value).get("request_id"))
+    except (orjson.JSONDecodeError, AttributeError, TypeError):
+        return None
 
 
 @app.agent(queries_topic)
@@ -33,10 +45,19 @@ async def answer_queries(stream: Any) -> None:
             target = refreshes if query.request_id.startswith("refresh-") else requests
             target.append((query, profile))
         metrics.queries.inc(len(requests) + len(refreshes))
-        recs = [
-            *(await recommender.recommend(requests)),
-            *(await recommender.recommend(refreshes, trigger="event")),
-        ]
+        try:
+            recs = [
+                *(await recommender.recommend(requests)),
+                *(await recommender.recommend(refreshes, trigger="event")),
+            ]
+        except Exception as exc:
+            # A bug must not kill the agent or lose the requests: they go to dead-letters with the error.
+            log.exception("recommendation batch failed")
+            by_id = {q.request_id for q, _ in (*requests, *refreshes)}
+            for event in batch:
+                if _request_id(event) in by_id:
+                    dead_letter(event, f"internal error while recommending: {exc!r}"[:300])
+            continue
         for rec in recs:
             metrics.recommendations.labels(fallback=str(rec.fallback).lower()).inc()
             metrics.e2e_latency.observe(rec.latency_ms / 1000.0)
