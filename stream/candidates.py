@@ -134,6 +134,12 @@ def gather(
     if len(acc) < params.limit:
         for item_id in _top(popularity, params.limit):
             add(item_id, "popular")
+    if len(acc) < params.limit:
+        # A cold start with no statistics yet: the newest items fill the list.
+        for item_id in catalog.newest(params.limit + len(exclude)):
+            add(item_id, "new")
+            if len(acc) >= params.limit:
+                break
 
     affinities = profile.decayed_affinities(now)
     signals = []

@@ -6,6 +6,7 @@ source of truth, so every worker can hold one.
 
 from __future__ import annotations
 
+import heapq
 import math
 import re
 from collections import defaultdict
@@ -88,6 +89,10 @@ class CatalogIndex:
         for category in item.categories:
             self._by_category[category].discard(item_id)
         self.set_vector(item_id, None)
+
+    def newest(self, n: int) -> list[str]:
+        """The ``n`` most recently updated items (ties by id), for cold starts."""
+        return heapq.nsmallest(n, self.items, key=lambda i: (-self.items[i].updated_at, i))
 
     def in_category(self, category: str) -> set[str]:
         return self._by_category.get(category, set())

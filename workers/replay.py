@@ -87,6 +87,55 @@ def _paced(
         yield max(gap, min_gap), msg
 
 
+async def publish_items(settings: Settings, items: list[Item]) -> int:
+    """Send the catalog to ``items`` (keyed by item_id), stamped with the current time."""
+    await ensure_topics(settings)
+    prod = producer(settings)
+    await prod.start()
+    try:
+        for item in items:
+            stamped = item.model_copy(update={"updated_at": time.time()})
+            await prod.send(settings.topic("items"), key=item.item_id.encode(), value=stamped.to_json())
+        await prod.flush()
+    finally:
+        await prod.stop()
+    return len(items)
+
+
+async def publish_stream(
+    settings: Settings,
+    messages: list[Event | Query],
+    speed: float = 0.0,
+    max_rate: float = 0.0,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, int]:
+    """Send events and queries in order, paced; timestamps are rewritten to the send time."""
+    await ensure_topics(settings)
+    prod = producer(settings)
+    await prod.start()
+    counts = {"events": 0, "queries": 0}
+    try:
+        started = time.monotonic()
+        budget = 0.0
+        total = len(messages)
+        for n, (delay, msg) in enumerate(_paced(messages, speed, max_rate), start=1):
+            budget += delay
+            ahead = budget - (time.monotonic() - started)
+            if ahead > 0.002:
+                await asyncio.sleep(ahead)
+            stamped = msg.model_copy(update={"ts": time.time()})
+            topic = "queries" if isinstance(stamped, Query) else "events"
+            counts[topic] += 1
+            # send() only enqueues into the producer's batch; the awaited part is the buffer, not the ack.
+            await prod.send(settings.topic(topic), key=msg.user_id.encode(), value=stamped.to_json())
+            if progress is not None and (n % 500 == 0 or n == total):
+                progress(n, total)
+        await prod.flush()
+    finally:
+        await prod.stop()
+    return counts
+
+
 async def publish(
     settings: Settings,
     replay: ReplayPlan,
@@ -94,35 +143,7 @@ async def publish(
     max_rate: float = 0.0,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, int]:
-    """Send the catalog, then the stream; returns counts. Timestamps are rewritten to the send time."""
-    await ensure_topics(settings)
-    prod = producer(settings)
-    await prod.start()
-    counts = {"items": 0, "events": 0, "queries": 0}
-    try:
-        for item in replay.items:
-            stamped = item.model_copy(update={"updated_at": time.time()})
-            await prod.send(settings.topic("items"), key=item.item_id.encode(), value=stamped.to_json())
-            counts["items"] += 1
-        await prod.flush()
-        sent_at = time.monotonic()
-        budget = 0.0
-        total = len(replay.stream)
-        for n, (delay, msg) in enumerate(_paced(replay.stream, speed, max_rate), start=1):
-            budget += delay
-            ahead = budget - (time.monotonic() - sent_at)
-            if ahead > 0.002:
-                await asyncio.sleep(ahead)
-            stamped_msg = msg.model_copy(update={"ts": time.time()})
-            if isinstance(stamped_msg, Query):
-                topic, counts["queries"] = "queries", counts["queries"] + 1
-            else:
-                topic, counts["events"] = "events", counts["events"] + 1
-            # send() only enqueues into the producer's batch; the awaited part is the buffer, not the ack.
-            await prod.send(settings.topic(topic), key=msg.user_id.encode(), value=stamped_msg.to_json())
-            if progress is not None and (n % 500 == 0 or n == total):
-                progress(n, total)
-        await prod.flush()
-    finally:
-        await prod.stop()
+    """The catalog, then the stream; returns counts."""
+    counts = {"items": await publish_items(settings, replay.items)}
+    counts.update(await publish_stream(settings, replay.stream, speed, max_rate, progress))
     return counts

@@ -12,9 +12,9 @@ from stream.app import app, settings
 from stream.context import event_context
 from stream.itemstats import Activity, activities_for
 from stream.profile import Profile, update_profile
-from stream.records import Event, InvalidMessage, Query, parse
-from stream.runtime import catalog, metrics
-from stream.tables import profiles
+from stream.records import Event, InvalidMessage, Item, Query, parse
+from stream.runtime import metrics
+from stream.tables import items, profiles
 
 REFRESH_TYPES = frozenset({"click", "purchase"})
 _last_refresh: dict[str, float] = {}  # debounce only: losing it on a rebalance costs one extra refresh
@@ -42,7 +42,7 @@ async def ingest_events(stream: Any) -> None:
                 before = (
                     touched[record.user_id][1] if record.user_id in touched else load_profile(record.user_id)
                 )
-            after = update_profile(before, record, catalog.get(record.item_id))
+            after = update_profile(before, record, _item(record.item_id))
             if after is before:
                 continue  # a duplicate event_id: already applied
             touched[record.user_id] = (event, after)
@@ -58,6 +58,12 @@ async def ingest_events(stream: Any) -> None:
             item_activity_topic.send_soon(
                 key=item_id.encode(), value=orjson.dumps([a.to_dict() for a in acts])
             )
+
+
+def _item(item_id: str) -> Item | None:
+    # The items table, not the derived index: the index lags it by up to a sync interval.
+    raw: Any = items.get(item_id)
+    return Item.model_validate(raw) if raw else None
 
 
 def _maybe_refresh(event: Event) -> None:
