@@ -40,6 +40,8 @@ class Profile:
     purchased: frozenset[str] = frozenset()
     seen_event_ids: tuple[str, ...] = ()
     last_seen: float = 0.0
+    # The offset of the last applied message of the (user-keyed, so single-partition) events topic.
+    events_offset: int = -1
 
     @property
     def is_cold(self) -> bool:
@@ -59,6 +61,7 @@ class Profile:
             "purchased": sorted(self.purchased),
             "seen_event_ids": list(self.seen_event_ids),
             "last_seen": self.last_seen,
+            "events_offset": self.events_offset,
         }
 
     @classmethod
@@ -75,6 +78,7 @@ class Profile:
             purchased=frozenset(str(i) for i in data.get("purchased", [])),
             seen_event_ids=tuple(str(e) for e in data.get("seen_event_ids", [])),
             last_seen=float(data.get("last_seen", 0.0)),
+            events_offset=int(data.get("events_offset", -1)),
         )
 
 
@@ -85,13 +89,18 @@ def _decay(affinities: dict[str, float], since: float, now: float) -> dict[str, 
     return {k: v * factor for k, v in affinities.items()}
 
 
-def update_profile(profile: Profile, event: Event, item: Item | None) -> Profile:
-    """Fold ``event`` into ``profile``; a duplicate ``event_id`` leaves the profile unchanged.
+def update_profile(profile: Profile, event: Event, item: Item | None, offset: int | None = None) -> Profile:
+    """Fold ``event`` into ``profile``; a replayed or duplicate event leaves the profile unchanged.
 
     ``item`` is the catalog entry (for its categories); an unknown item still counts as history.
+    ``offset`` is the event's offset in the events topic: a redelivery after a crash (offset at or
+    below the last applied one) is skipped exactly, however many events it spans; a duplicate sent
+    twice by a producer is caught by its ``event_id`` among the recent ones.
     """
-    if event.event_id in profile.seen_event_ids:
+    if offset is not None and offset <= profile.events_offset:
         return profile
+    if event.event_id in profile.seen_event_ids:
+        return replace(profile, events_offset=offset) if offset is not None else profile
     now = max(event.ts, profile.affinity_ts)
     weight = EVENT_WEIGHTS[event.type]
     affinities = _decay(profile.affinities, profile.affinity_ts, now)
@@ -118,16 +127,23 @@ def update_profile(profile: Profile, event: Event, item: Item | None) -> Profile
         purchased=purchased,
         seen_event_ids=(*profile.seen_event_ids, event.event_id)[-MAX_SEEN_EVENT_IDS:],
         last_seen=max(profile.last_seen, event.ts),
+        events_offset=profile.events_offset if offset is None else offset,
     )
 
 
 def record_query(profile: Profile, text: str, ts: float) -> Profile:
-    """Remember a search query (non-empty text only)."""
+    """Remember a search query (non-empty text only).
+
+    Kept in time order and deduplicated, so a query redelivered after a crash, or processed out of
+    order with another, leaves the same profile.
+    """
     text = " ".join(text.split())
-    if not text:
+    if not text or (text, ts) in profile.recent_queries:
         return profile
-    queries = (*profile.recent_queries, (text, ts))[-MAX_RECENT_QUERIES:]
-    return replace(profile, recent_queries=queries, last_seen=max(profile.last_seen, ts))
+    queries = tuple(sorted((*profile.recent_queries, (text, ts)), key=lambda q: (q[1], q[0])))
+    return replace(
+        profile, recent_queries=queries[-MAX_RECENT_QUERIES:], last_seen=max(profile.last_seen, ts)
+    )
 
 
 def interacted(profile: Profile) -> set[str]:

@@ -42,9 +42,11 @@ async def ingest_events(stream: Any) -> None:
                 before = (
                     touched[record.user_id][1] if record.user_id in touched else load_profile(record.user_id)
                 )
-            after = update_profile(before, record, _item(record.item_id))
-            if after is before:
-                continue  # a duplicate event_id: already applied
+            after = update_profile(before, record, _item(record.item_id), offset=event.message.offset)
+            if after.counts == before.counts:
+                if after is not before:
+                    touched[record.user_id] = (event, after)  # a duplicate: only the offset moves
+                continue
             touched[record.user_id] = (event, after)
             metrics.events.labels(type=record.type).inc()
             for activity in activities_for(before, record.event_id, record.item_id, record.ts):

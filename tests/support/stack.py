@@ -163,7 +163,7 @@ async def read_topic(settings: Settings, name: str, timeout_s: float = 3.0) -> l
     try:
         partitions = consumer.partitions_for_topic(name) or set()
         if not partitions:
-            await consumer._client.force_metadata_update()  # noqa: SLF001 - a fresh topic's metadata
+            await consumer._client.force_metadata_update()  # a fresh topic: fetch its metadata now
             partitions = consumer.partitions_for_topic(name) or set()
         tps = [TopicPartition(name, p) for p in sorted(partitions)]
         if not tps:
