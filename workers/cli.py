@@ -77,6 +77,38 @@ def stack_status(as_json: bool = typer.Option(False, "--json", help="print machi
         raise typer.Exit(1)
 
 
+@app.command("demo")
+def demo(
+    events: int = typer.Option(3000, "--events", help="ratings to replay (0: all 100,000)"),
+    queries: int = typer.Option(-1, "--queries", help="search queries (default: events / 10)"),
+    speed: float = typer.Option(
+        0.0, "--speed", help="time compression of MovieLens time (0: use --max-rate)"
+    ),
+    max_rate: float = typer.Option(500.0, "--max-rate", help="messages per second at most"),
+    workers: int = typer.Option(1, "--workers", min=1, max=8, help="stream workers sharing the partitions"),
+    keep: bool = typer.Option(False, "--keep", help="leave the stack running afterwards"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """The main job: stack up, workers, MovieLens replay with a live view, and a report."""
+    from workers.demo import DemoOptions, run_demo
+
+    opts = DemoOptions(
+        events=events,
+        queries=None if queries < 0 else queries,
+        speed=speed,
+        max_rate=max_rate,
+        workers=workers,
+        keep=keep,
+        seed=seed,
+    )
+    try:
+        out = run_demo(_settings(), opts, console)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: workers stopped[/yellow]")
+        raise typer.Exit(130) from None
+    sys.stdout.write(f"{out}\n")
+
+
 def main() -> None:
     app()
 

@@ -108,6 +108,7 @@ async def publish_stream(
     speed: float = 0.0,
     max_rate: float = 0.0,
     progress: Callable[[int, int], None] | None = None,
+    on_sent: Callable[[Event | Query], None] | None = None,
 ) -> dict[str, int]:
     """Send events and queries in order, paced; timestamps are rewritten to the send time."""
     await ensure_topics(settings)
@@ -128,6 +129,8 @@ async def publish_stream(
             counts[topic] += 1
             # send() only enqueues into the producer's batch; the awaited part is the buffer, not the ack.
             await prod.send(settings.topic(topic), key=msg.user_id.encode(), value=stamped.to_json())
+            if on_sent is not None:
+                on_sent(stamped)
             if progress is not None and (n % 500 == 0 or n == total):
                 progress(n, total)
         await prod.flush()

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from stream.settings import Settings, load_settings
-from tests.support.stack import WorkerProcess, isolated_env, settings_for
+from tests.support.stack import isolated_env
 from workers.stack import control
+from workers.supervisor import WorkerProcess, settings_for
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

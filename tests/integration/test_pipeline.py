@@ -12,9 +12,10 @@ import pytest
 
 from stream.records import Query
 from stream.settings import Settings
-from tests.support.stack import WorkerProcess, metric_value, read_json_topic, wait_for
+from tests.support.stack import read_json_topic, wait_for
 from workers.kafka_clients import producer
 from workers.replay import plan, publish_items, publish_stream
+from workers.supervisor import WorkerProcess, metric_value
 
 REASON = re.compile(
     r"^(matches '.+'|because you watched .+|you like .+|trending in .+|trending now|popular in .+|popular with everyone)$"

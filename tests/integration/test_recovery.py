@@ -13,9 +13,10 @@ from typing import Any
 from stream.profile import Profile, record_query, update_profile
 from stream.records import ErasureRequest, Event, Query
 from stream.settings import Settings
-from tests.support.stack import WorkerProcess, read_json_topic, read_topic, wait_for
+from tests.support.stack import read_json_topic, read_topic, wait_for
 from workers.kafka_clients import producer
 from workers.replay import plan, publish_items, publish_stream
+from workers.supervisor import WorkerProcess
 
 
 def changelog_state(settings: Settings, table: str) -> dict[str, Any]:

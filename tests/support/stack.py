@@ -5,29 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from stream.settings import ROOT, Settings, load_settings
+from stream.settings import Settings
 from workers.kafka_clients import client_kwargs
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from workers.supervisor import free_port
 
 
 def isolated_env(tmp: Path, **extra: str) -> dict[str, str]:
@@ -61,99 +49,6 @@ _KEEP = {
     "STREAMREC_TRITON_BACKENDS",
     "STREAMREC_DATA_DIR",
 }
-
-
-def settings_for(env: dict[str, str]) -> Settings:
-    overrides = {
-        k.removeprefix("STREAMREC_").lower(): v for k, v in env.items() if k.startswith("STREAMREC_")
-    }
-    return load_settings(**overrides)
-
-
-@dataclass
-class WorkerProcess:
-    env: dict[str, str]
-    log_path: Path
-    name: str = "worker-0"
-    proc: subprocess.Popen[bytes] | None = None
-    started: list[float] = field(default_factory=list)
-
-    @property
-    def web_port(self) -> int:
-        return int(self.env["STREAMREC_WEB_PORT"])
-
-    def start(self) -> WorkerProcess:
-        env = {**self.env, "STREAMREC_WORKER_INSTANCE_ID": self.name}
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [str(Path(sys.executable).with_name("streamrec")), "worker"],
-            env=env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        self.started.append(time.monotonic())
-        return self
-
-    def ready(self) -> dict[str, Any] | None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/ready", timeout=2) as resp:
-                return dict(json.loads(resp.read()))
-        except (urllib.error.URLError, OSError, ValueError):
-            return None
-
-    def wait_ready(self, timeout_s: float = 90.0, catalog_items: int = 0) -> float:
-        start = time.monotonic()
-        while time.monotonic() - start < timeout_s:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.tail()}")
-            state = self.ready()
-            if state and state.get("ready") and state.get("catalog_items", 0) >= catalog_items:
-                return time.monotonic() - start
-            time.sleep(0.5)
-        raise TimeoutError(f"worker not ready after {timeout_s}s: {self.ready()}\n{self.tail()}")
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/metrics", timeout=5) as resp:
-            return str(resp.read().decode())
-
-    def kill9(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-
-    def tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except FileNotFoundError:
-            return ""
-
-
-def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels``."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith("#") or not line.startswith(name):
-            continue
-        head, _, value = line.rpartition(" ")
-        metric, _, label_text = head.partition("{")
-        if metric != name:
-            continue
-        if labels and not all(f'{k}="{v}"' in label_text for k, v in labels.items()):
-            continue
-        total += float(value)
-    return total
 
 
 async def read_topic(settings: Settings, name: str, timeout_s: float = 3.0) -> list[Any]:
