@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import IntEnum
 
 
@@ -12,6 +13,11 @@ class BreakerState(IntEnum):
     CLOSED = 0
     HALF_OPEN = 1
     OPEN = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Permit:
+    probe: bool
 
 
 class CircuitBreaker:
@@ -41,17 +47,32 @@ class CircuitBreaker:
 
     def allow(self) -> bool:
         """May a call go through now? In half-open, exactly one probe is let through at a time."""
+        return self.acquire() is not None
+
+    def acquire(self) -> Permit | None:
+        """A permit for one call, or None when the call must not go through."""
         state = self.state
         if state is BreakerState.CLOSED:
-            return True
+            return Permit(probe=False)
         if state is BreakerState.HALF_OPEN and not self._probe_in_flight:
             self._probe_in_flight = True
-            return True
-        return False
+            return Permit(probe=True)
+        return None
 
-    def record(self, ok: bool) -> None:
+    def release(self, permit: Permit) -> None:
+        """The call was abandoned before it reached the server: free the probe, record nothing."""
+        if permit.probe:
+            self._probe_in_flight = False
+
+    def record(self, ok: bool, permit: Permit | None = None) -> None:
+        """The outcome of a call. While open, late outcomes of calls admitted earlier are ignored;
+        while half-open only the probe's outcome counts (``permit=None`` means "the probe")."""
         state = self.state
+        if state is BreakerState.OPEN:
+            return
         if state is BreakerState.HALF_OPEN:
+            if permit is not None and not permit.probe:
+                return
             self._probe_in_flight = False
             if ok:
                 self._state = BreakerState.CLOSED

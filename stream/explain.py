@@ -25,6 +25,7 @@ def reason(
     contributions.pop("cold_user")
     strongest = max(contributions, key=lambda k: (contributions[k], k))
     item = catalog.get(candidate.signals.item_id)
+    query = " ".join(query.split())
     shown_query = query if len(query) <= MAX_QUERY_IN_REASON else query[: MAX_QUERY_IN_REASON - 1] + "…"
     if strongest in ("lexical", "semantic") and query and contributions[strongest] > 0:
         return f"matches '{shown_query}'"

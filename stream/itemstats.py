@@ -57,10 +57,13 @@ class ItemStats:
     near: dict[str, float] = field(default_factory=dict)
     cooc: dict[str, float] = field(default_factory=dict)
     seen: tuple[str, ...] = ()
+    # Offset of the last applied item-activity message (the topic is item-keyed: one partition each).
+    offset: int = -1
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "item_id": self.item_id,
+            "offset": self.offset,
             "total": self.total,
             "buckets": {str(k): v for k, v in self.buckets.items()},
             "near": dict(self.near),
@@ -77,6 +80,7 @@ class ItemStats:
             near={str(k): float(v) for k, v in data.get("near", {}).items()},
             cooc={str(k): float(v) for k, v in data.get("cooc", {}).items()},
             seen=tuple(data.get("seen", [])),
+            offset=int(data.get("offset", -1)),
         )
 
 
@@ -122,6 +126,21 @@ def apply_activity(stats: ItemStats, activity: Activity, window_s: float) -> Ite
         cooc=cooc,
         seen=(*stats.seen, activity.activity_id)[-MAX_SEEN:],
     )
+
+
+def apply_message(
+    stats: ItemStats, activities: list[Activity], window_s: float, offset: int | None = None
+) -> ItemStats:
+    """Fold one item-activity message (its activities for this item) into the statistics.
+
+    A message at or below the last applied ``offset`` is a redelivery after a crash and changes
+    nothing, however long the replayed tail; ``activity_id`` catches a duplicate sent twice.
+    """
+    if offset is not None and offset <= stats.offset:
+        return stats
+    for activity in activities:
+        stats = apply_activity(stats, activity, window_s)
+    return stats if offset is None else replace(stats, offset=offset)
 
 
 def window_count(stats: ItemStats, now: float, window_s: float) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -31,6 +31,14 @@ class Snapshot:
     watermark: float = 0.0  # the latest event time seen in the statistics
 
 
+def request_deadline(timestamps: Sequence[float], budget_s: float) -> float:
+    """The monotonic time by which the batch must be answered: the budget counts from the oldest
+    request's ``ts`` (time already spent queueing is spent), and never exceeds ``budget_s`` from now."""
+    now_wall, now = time.time(), time.monotonic()
+    remaining = min(timestamps) + budget_s - now_wall if timestamps else budget_s
+    return now + min(max(remaining, 0.0), budget_s)
+
+
 class Recommender:
     def __init__(
         self,
@@ -54,7 +62,7 @@ class Recommender:
     ) -> list[Recommendation]:
         if not requests:
             return []
-        deadline = time.monotonic() + self.settings.ranker_deadline_ms / 1000.0
+        deadline = request_deadline([q.ts for q, _ in requests], self.settings.ranker_deadline_ms / 1000.0)
         vectors = await self._embed_queries([q.text for q, _ in requests], deadline)
         sets = [
             gather(
@@ -66,7 +74,7 @@ class Recommender:
                 self.snapshot.popularity,
                 self.snapshot.trending,
                 now=query.ts,
-                params=self.params,
+                params=self.params if query.k <= self.params.limit else replace(self.params, limit=query.k),
             )
             for query, profile in requests
         ]

@@ -40,7 +40,8 @@ class InvalidMessage(ValueError):
 
 
 class Contract(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore", strict=False, str_strip_whitespace=True)
+    # Strict: "k": true or "ts": "1700000000" are errors, not silently coerced (ints still pass as floats).
+    model_config = ConfigDict(frozen=True, extra="ignore", strict=True, str_strip_whitespace=True)
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.model_dump(mode="json"))
@@ -158,8 +159,10 @@ def parse(model: type[M], raw: bytes | None, key: bytes | None = None, key_field
         record = model.model_validate(body)
     except ValidationError as exc:
         raise InvalidMessage(_summarise(exc)) from None
-    if key_field is not None and key is not None:
+    if key_field is not None:
         expected = str(getattr(record, key_field))
+        if key is None:
+            raise InvalidMessage(f"message has no key; it must be the {key_field} ({expected!r})")
         got = key.decode("utf-8", errors="replace")
         if got != expected:
             raise InvalidMessage(f"message key {got[:64]!r} does not match {key_field} {expected!r}")

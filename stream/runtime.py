@@ -6,6 +6,7 @@ and the services that own network clients.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -19,7 +20,20 @@ from stream.recommend import Recommender, Snapshot
 from stream.tables import item_stats
 from workers.ranker_client import RankerClient
 
+
+@dataclass
+class Warmup:
+    """Which catalog items have been through the ranker since its last recovery (its cache is warm)."""
+
+    primed_items: set[str] = field(default_factory=set)
+    recoveries: int = 0
+
+    def primed(self, catalog: CatalogIndex) -> bool:
+        return bool(len(catalog)) and all(i in self.primed_items for i in catalog.items)
+
+
 metrics = Metrics.create(REGISTRY)
+warmup = Warmup()
 catalog = CatalogIndex()
 snapshot = Snapshot()
 

@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     ingest_batch_max: int = Field(default=1000, ge=1)
     ingest_batch_within_s: float = Field(default=0.05, gt=0, le=10)
     query_batch_max: int = Field(default=32, ge=1, le=256)
+    query_concurrency: int = Field(default=4, ge=1, le=64)
     query_batch_within_s: float = Field(default=0.01, gt=0, le=10)
 
     # --- recommendations ---
@@ -76,6 +77,8 @@ class Settings(BaseSettings):
     ranker_model: str = Field(default="ranker", pattern=r"^[A-Za-z0-9_.-]+$")
     encoder_model: str = Field(default="encoder", pattern=r"^[A-Za-z0-9_.-]+$")
     ranker_deadline_ms: float = Field(default=250.0, gt=0, le=60_000)
+    embed_deadline_s: float = Field(default=30.0, gt=0, le=600)
+    prime_ranker_cache: bool = True
     ranker_max_rows: int = Field(default=256, ge=1, le=4096)
     ranker_concurrency: int = Field(default=4, ge=1, le=64)
     breaker_failure_rate: float = Field(default=0.5, gt=0, le=1)
@@ -123,15 +126,22 @@ class Settings(BaseSettings):
         seen: dict[int, str] = {}
         for name, port in ports.items():
             if port in seen:
-                raise ValueError(f"{name} and {seen[port]} both use port {port}; each needs its own")
+                raise ValueError(
+                    f"STREAMREC_{name.upper()} and STREAMREC_{seen[port].upper()} both use port {port}; "
+                    "each needs its own"
+                )
             seen[port] = name
         if self.kafka_security_protocol.startswith("SASL") and not (
             self.kafka_sasl_username and self.kafka_sasl_password
         ):
             raise ValueError(
-                "kafka_security_protocol uses SASL but kafka_sasl_username/kafka_sasl_password are not set"
+                "STREAMREC_KAFKA_SECURITY_PROTOCOL uses SASL but STREAMREC_KAFKA_SASL_USERNAME / "
+                "STREAMREC_KAFKA_SASL_PASSWORD are not set"
             )
         return self
+
+
+_SECRET_FIELDS = frozenset({"kafka_sasl_password"})
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -141,9 +151,15 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "settings"
-            env = f"STREAMREC_{loc.upper()}" if err["loc"] else "STREAMREC_*"
-            lines.append(f"  {env}: {err['msg']} (got {err.get('input')!r})")
+            if err["loc"]:
+                name = ".".join(str(p) for p in err["loc"])
+                secret = name in _SECRET_FIELDS
+                shown = "***" if secret else repr(err.get("input"))
+                lines.append(f"  STREAMREC_{name.upper()}: {err['msg']} (got {shown})")
+            else:
+                # Model-level checks name their variables in the message; the input (every
+                # setting, secrets included) is never echoed.
+                lines.append(f"  {err['msg'].removeprefix('Value error, ')}")
         raise SettingsError("invalid streamrec settings:\n" + "\n".join(lines)) from None
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from stream.breaker import BreakerState, CircuitBreaker
+from stream.breaker import BreakerState, CircuitBreaker, Permit
 from stream.features import N_FEATURES
 from stream.metrics import Metrics
 from stream.settings import Settings
@@ -59,6 +59,7 @@ class RankerClient:
             for model in (settings.ranker_model, settings.encoder_model)
         }
         self._client: grpcclient.InferenceServerClient | None = None
+        self.recoveries = 0
         self._slots = asyncio.Semaphore(settings.ranker_concurrency)
 
     async def __aenter__(self) -> RankerClient:
@@ -147,13 +148,15 @@ class RankerClient:
         if self._client is None:
             raise RankerUnavailable("not_started")
         breaker = self.breakers[model]
-        if not breaker.allow():
-            self._publish_breaker(model)
-            raise RankerUnavailable("breaker_open")
         started = time.monotonic()
         remaining = deadline - started
         if remaining <= 0.001:
             raise RankerUnavailable("deadline", "no time left before the call")
+        permit = breaker.acquire()
+        if permit is None:
+            self._publish_breaker(model)
+            raise RankerUnavailable("breaker_open")
+        outcome: bool | None = None
         try:
             async with asyncio.timeout(remaining):
                 async with self._slots:
@@ -164,19 +167,22 @@ class RankerClient:
                         outputs=[grpcclient.InferRequestedOutput(output)],
                         client_timeout=left,
                     )
+            outcome = True
         except TimeoutError:
-            self._record(model, False)
+            outcome = False
             raise RankerUnavailable("deadline", f"{model} exceeded {remaining * 1000:.0f} ms") from None
         except InferenceServerException as exc:
-            self._record(model, False)
+            outcome = False
             cause = "deadline" if "Deadline" in str(exc) else "triton_error"
             raise RankerUnavailable(cause, str(exc)[:200]) from None
-        except (OSError, asyncio.CancelledError) as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            self._record(model, False)
+        except OSError as exc:
+            outcome = False
             raise RankerUnavailable("connection", str(exc)[:200]) from None
-        self._record(model, True)
+        finally:
+            if outcome is None:  # cancelled or an unexpected error: the call proved nothing
+                breaker.release(permit)
+            else:
+                self._record(model, outcome, permit)
         if model == self.settings.ranker_model:
             self.metrics.ranker_latency.observe(time.monotonic() - started)
         array = result.as_numpy(output)
@@ -184,8 +190,12 @@ class RankerClient:
             raise RankerUnavailable("triton_error", f"{model} returned no {output}")
         return array, str(result.get_response().model_version)
 
-    def _record(self, model: str, ok: bool) -> None:
-        self.breakers[model].record(ok)
+    def _record(self, model: str, ok: bool, permit: Permit) -> None:
+        breaker = self.breakers[model]
+        was_open = breaker.state is not BreakerState.CLOSED
+        breaker.record(ok, permit)
+        if was_open and breaker.state is BreakerState.CLOSED:
+            self.recoveries += 1  # Triton may have restarted with cold caches
         self._publish_breaker(model)
 
     def _publish_breaker(self, model: str) -> None:

@@ -81,14 +81,23 @@ class WorkerProcess:
         except ValueError:
             return None
 
-    def wait_ready(self, timeout_s: float = 90.0, catalog_items: int = 0) -> float:
-        """Seconds until /ready says ready (and the catalog holds ``catalog_items``)."""
+    def wait_ready(
+        self, timeout_s: float = 90.0, catalog_items: int = 0, vectors: bool = False, primed: bool = False
+    ) -> float:
+        """Seconds until /ready says ready, the catalog holds ``catalog_items`` (with all their
+        embeddings if ``vectors``) and, if ``primed``, the ranker's item cache is warm."""
         start = time.monotonic()
         while time.monotonic() - start < timeout_s:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.tail()}")
             state = self.ready()
-            if state and state.get("ready") and state.get("catalog_items", 0) >= catalog_items:
+            if (
+                state
+                and state.get("ready")
+                and state.get("catalog_items", 0) >= catalog_items
+                and (not vectors or state.get("catalog_vectors", 0) >= catalog_items)
+                and (not primed or state.get("ranker_primed"))
+            ):
                 return time.monotonic() - start
             time.sleep(0.5)
         raise TimeoutError(f"worker not ready after {timeout_s}s: {self.ready()}\n{self.tail()}")

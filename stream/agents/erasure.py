@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from stream.agents.events import forget_user
 from stream.agents.topics import dead_letter, erasure_confirmations_topic, erasure_topic
 from stream.app import app
 from stream.context import event_context
@@ -24,6 +25,7 @@ async def erase_users(stream: Any) -> None:
         with event_context(event):
             # Deleting writes a tombstone to the changelog, so the erasure survives restarts and compaction.
             profiles.pop(request.user_id, None)
+        forget_user(request.user_id)
         metrics.erasures.inc()
         confirmation = ErasureConfirmation(
             user_id=request.user_id,

@@ -68,6 +68,11 @@ def _item(item_id: str) -> Item | None:
     return Item.model_validate(raw) if raw else None
 
 
+def forget_user(user_id: str) -> None:
+    """Drop what this module keeps in memory about a user (erasure)."""
+    _last_refresh.pop(user_id, None)
+
+
 def _maybe_refresh(event: Event) -> None:
     """Ask for fresh recommendations after a click/purchase, at most once per debounce period."""
     last = _last_refresh.get(event.user_id, 0.0)

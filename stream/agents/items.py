@@ -12,7 +12,7 @@ import orjson
 from stream.agents.topics import dead_letter, item_activity_topic, items_topic
 from stream.app import app, settings
 from stream.context import event_context
-from stream.itemstats import Activity, ItemStats, apply_activity
+from stream.itemstats import Activity, ItemStats, apply_message
 from stream.records import InvalidMessage, Item, parse
 from stream.runtime import ranker_client
 from stream.tables import item_stats, item_vectors, items
@@ -52,7 +52,7 @@ async def _embed(changed: list[tuple[Any, Item]]) -> None:
     """Embed changed items, retrying with backoff until Triton answers: an item is never left unembedded."""
     delay = 0.5
     while True:
-        deadline = time.monotonic() + max(settings.ranker_deadline_ms / 1000.0, 2.0)
+        deadline = time.monotonic() + settings.embed_deadline_s
         try:
             vectors = await ranker_client.embed([item_text(item) for _, item in changed], deadline)
             break
@@ -74,18 +74,19 @@ async def apply_item_activity(stream: Any) -> None:
     async for batch in stream.take_events(2000, within=0.5):
         touched: dict[str, tuple[Any, ItemStats]] = {}
         for event in batch:
+            by_item: dict[str, list[Activity]] = {}
             for raw in _activities(event):
                 activity = Activity.from_dict(raw)
-                if activity.item_id in touched:
-                    current = touched[activity.item_id][1]
+                by_item.setdefault(activity.item_id, []).append(activity)
+            for item_id, activities in by_item.items():
+                if item_id in touched:
+                    current = touched[item_id][1]
                 else:
                     with event_context(event):
-                        stored: Any = item_stats.get(activity.item_id)
-                    current = ItemStats.from_dict(stored) if stored else ItemStats(activity.item_id)
-                touched[activity.item_id] = (
-                    event,
-                    apply_activity(current, activity, settings.trending_window_s),
-                )
+                        stored: Any = item_stats.get(item_id)
+                    current = ItemStats.from_dict(stored) if stored else ItemStats(item_id)
+                updated = apply_message(current, activities, settings.trending_window_s, event.message.offset)
+                touched[item_id] = (event, updated)
         for item_id, (event, stats) in touched.items():
             with event_context(event):
                 item_stats[item_id] = stats.to_dict()

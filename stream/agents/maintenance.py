@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from typing import Any
 
 import numpy as np
 
 from stream.app import app, settings
+from stream.features import N_FEATURES
 from stream.itemstats import BUCKET_S
 from stream.records import Item
-from stream.runtime import catalog, metrics, snapshot
+from stream.runtime import catalog, metrics, ranker_client, snapshot, warmup
 from stream.tables import item_stats, item_vectors, items, profiles
+from stream.text import item_text
+from workers.ranker_client import RankerUnavailable, RankRequest
 
 
 @app.timer(interval=1.0)
@@ -53,3 +59,36 @@ async def refresh_snapshot() -> None:
     metrics.table_size.labels(table="items").set(len(catalog))
     metrics.table_size.labels(table="item_stats").set(len(popularity))
     metrics.table_size.labels(table="profiles").set(sum(1 for _ in profiles))
+
+
+log = logging.getLogger(__name__)
+PRIME_CHUNK = 64
+
+
+@app.timer(interval=5.0)
+async def prime_ranker_cache() -> None:
+    """Send each catalog item's text through the ranker once, so its item-embedding cache is warm.
+
+    Again after each recovery of the ranker (a restarted Triton has a cold cache): without this,
+    the first queries pay ~50 item embeddings each and miss the deadline.
+    """
+    if not settings.prime_ranker_cache:
+        return
+    if warmup.recoveries != ranker_client.recoveries:
+        warmup.primed_items.clear()
+        warmup.recoveries = ranker_client.recoveries
+    pending = [i for i in catalog.items if i not in warmup.primed_items and catalog.has_vector(i)]
+    started = time.monotonic()
+    for start in range(0, len(pending), PRIME_CHUNK):
+        chunk = pending[start : start + PRIME_CHUNK]
+        texts = [item_text(catalog.items[i]) for i in chunk if i in catalog.items]
+        request = RankRequest("", texts, np.zeros((len(texts), N_FEATURES), dtype=np.float32))
+        try:
+            await ranker_client.rank([request], time.monotonic() + settings.embed_deadline_s)
+        except RankerUnavailable as exc:
+            log.info("ranker cache priming paused: %s", exc)
+            return
+        warmup.primed_items.update(chunk)
+        await asyncio.sleep(0)  # let the agents run between chunks
+    if pending:
+        log.info("ranker item cache primed with %d items in %.1fs", len(pending), time.monotonic() - started)

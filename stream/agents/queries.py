@@ -26,7 +26,9 @@ def _request_id(event: Any) -> str | None:
         return None
 
 
-@app.agent(queries_topic)
+# Several batches in flight: a slow Triton call holds up one batch, not the ones behind it. Safe for
+# the table: each profile read-modify-write below runs without an await in between.
+@app.agent(queries_topic, concurrency=settings.query_concurrency)
 async def answer_queries(stream: Any) -> None:
     async for batch in stream.take_events(settings.query_batch_max, within=settings.query_batch_within_s):
         requests: list[tuple[Query, Profile]] = []

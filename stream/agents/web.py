@@ -7,7 +7,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from stream.app import app
-from stream.runtime import catalog, metrics
+from stream.runtime import catalog, metrics, warmup
 
 
 @app.page("/metrics")
@@ -32,6 +32,7 @@ def readiness() -> dict[str, Any]:
         "assigned_partitions": assigned,
         "catalog_items": len(catalog),
         "catalog_vectors": len(catalog.items) - len(catalog.missing_vectors()),
+        "ranker_primed": warmup.primed(catalog),
     }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,8 +11,8 @@ import pytest
 
 from stream.settings import Settings, load_settings
 from tests.support.stack import isolated_env
-from workers.stack import control
-from workers.supervisor import WorkerProcess, settings_for
+from workers.stack import control, triton
+from workers.supervisor import WorkerProcess, free_port, settings_for
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -48,3 +50,23 @@ def worker_factory(env: dict[str, str], tmp_path: Path) -> Iterator[list[WorkerP
     yield workers
     for w in workers:
         w.stop()
+
+
+@pytest.fixture
+def private_triton(stack: Settings, tmp_path: Path) -> Iterator[Settings]:
+    """A Triton server of this test's own (free ports, own run dir) serving model_repo/, for fault injection."""
+    settings = stack.model_copy(
+        update={
+            "triton_http_port": free_port(),
+            "triton_grpc_port": free_port(),
+            "triton_metrics_port": free_port(),
+            "run_dir": tmp_path / "triton-run",
+        }
+    )
+    triton.start(settings)
+    yield settings
+    proc = triton.process(settings)
+    pid = proc.pid()
+    if pid is not None:
+        os.kill(pid, signal.SIGCONT)  # a paused server cannot handle SIGTERM
+    triton.stop(settings)
