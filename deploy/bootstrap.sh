@@ -91,6 +91,13 @@ EOF
   rm -rf "$tmp"
 fi
 
+# --- Chromium, for the report screenshot test (Debian's package; optional elsewhere) ----------
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [[ "$(id -u)" == 0 ]]; then
+  log "installing chromium (headless report rendering)"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+    || log "chromium could not be installed: the report screenshot test will be skipped"
+fi
+
 # Where everything is, for the settings object (read by stream/settings.py when present).
 cat > "$ROOT/.venv/streamrec-paths.env" <<EOF
 STREAMREC_MODEL_ENV=$MODEL_ENV

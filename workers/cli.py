@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console
 
-from stream.settings import Settings, SettingsError, get_settings
+from stream.settings import ROOT, Settings, SettingsError, get_settings
 
 app = typer.Typer(help="streamrec: streaming real-time recommendations", no_args_is_help=True)
 stack_app = typer.Typer(
@@ -88,6 +89,7 @@ def demo(
     workers: int = typer.Option(1, "--workers", min=1, max=8, help="stream workers sharing the partitions"),
     keep: bool = typer.Option(False, "--keep", help="leave the stack running afterwards"),
     seed: int = typer.Option(0, "--seed"),
+    out_root: Path = typer.Option(ROOT / "reports", "--out-root", help="where report folders go"),
 ) -> None:
     """The main job: stack up, workers, MovieLens replay with a live view, and a report."""
     from workers.demo import DemoOptions, run_demo
@@ -100,6 +102,7 @@ def demo(
         workers=workers,
         keep=keep,
         seed=seed,
+        out_root=out_root,
     )
     try:
         out = run_demo(_settings(), opts, console)
