@@ -48,6 +48,12 @@ if [[ ! -f "$MODEL_ENV/.complete" ]]; then
   touch "$MODEL_ENV/.complete"
 fi
 
+# Older model environments (other lock hashes) take ~6 GB each: remove those no process uses.
+for old in "$CACHE"/model-env-* "$CACHE"/triton-backends-*; do
+  [[ -d "$old" && "$old" != "$MODEL_ENV" && "$old" != "$CACHE/triton-backends-$model_hash" ]] || continue
+  if ! pgrep -f "$old" >/dev/null 2>&1; then rm -rf "$old"; fi
+done
+
 # --- the python backend for tritonserver -------------------------------------------------
 TRITON_PKG="$MODEL_ENV/lib/python3.11/site-packages/pytriton/tritonserver"
 BACKENDS="$CACHE/triton-backends-$model_hash"

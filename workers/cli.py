@@ -112,6 +112,39 @@ def demo(
     sys.stdout.write(f"{out}\n")
 
 
+@app.command("train")
+def train(
+    mode: str = typer.Option("cheap", "--mode", help="cheap: frozen encoder + trained head; full: fine-tune"),
+    steps: int = typer.Option(0, "--steps", help="training steps (0: the config's default)"),
+    time_cut: bool = typer.Option(False, "--time-cut", help="train only on data before the global time cut"),
+) -> None:
+    """Train the ranker in the model environment (torch); artifacts go to models/."""
+    from workers.model.runner import run_in_model_env
+
+    if mode not in ("cheap", "full"):
+        raise typer.BadParameter("--mode must be cheap or full")
+    args = [
+        "--mode",
+        mode,
+        *(["--steps", str(steps)] if steps else []),
+        *(["--time-cut"] if time_cut else []),
+    ]
+    raise typer.Exit(run_in_model_env("workers.model.train", args))
+
+
+@app.command("eval")
+def evaluate(
+    as_json: bool = typer.Option(False, "--json", help="print method -> metrics as JSON"),
+    quick: bool = typer.Option(False, "--quick", help="a fixed sample of users (minutes)"),
+    protocol: str = typer.Option("leave_last_out", "--protocol", help="leave_last_out | time_cut | both"),
+) -> None:
+    """Offline evaluation against the full catalog: streamrec vs the baselines."""
+    from workers.model.runner import run_in_model_env
+
+    args = [*(["--json"] if as_json else []), *(["--quick"] if quick else []), "--protocol", protocol]
+    raise typer.Exit(run_in_model_env("workers.evaluation.run", args))
+
+
 def main() -> None:
     app()
 

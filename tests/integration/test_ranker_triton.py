@@ -15,7 +15,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -68,7 +68,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         deadline = time.monotonic() + 120
         while not triton.ready(settings):
             if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("own tritonserver did not become ready:\n" + (repo / "triton.log").read_text()[-3000:])
+                pytest.fail(
+                    "own tritonserver did not become ready:\n" + (repo / "triton.log").read_text()[-3000:]
+                )
             time.sleep(0.5)
         yield settings
     finally:
@@ -108,7 +110,7 @@ def reference(batch: list[dict]) -> np.ndarray:
     return np.asarray(json.loads(out.stdout.strip().splitlines()[-1]), dtype=np.float32)
 
 
-def inputs(batch: list[dict], module=grpcclient) -> list:
+def inputs(batch: list[dict[str, Any]], module: Any = grpcclient) -> list[Any]:
     q = np.array([[r["query"].encode()] for r in batch], dtype=object)
     i = np.array([[r["item"].encode()] for r in batch], dtype=object)
     f = np.asarray([r["features"] for r in batch], dtype=np.float32)
@@ -145,5 +147,8 @@ def test_a_malformed_request_gets_an_error(server: Settings) -> None:
     batch = rows(3, seed=5)
     bad = inputs(batch)
     bad[2].set_data_from_numpy(np.full((3, 8), np.nan, dtype=np.float32))
-    with grpcclient.InferenceServerClient(server.triton_grpc_url) as client, pytest.raises(Exception, match="NaN"):
+    with (
+        grpcclient.InferenceServerClient(server.triton_grpc_url) as client,
+        pytest.raises(Exception, match="NaN"),
+    ):
         client.infer("ranker", bad, client_timeout=60)

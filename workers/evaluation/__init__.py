@@ -1,0 +1,1 @@
+"""Offline evaluation: splits, the replayed candidate stage, baselines, metrics and the harness."""
