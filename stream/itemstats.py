@@ -7,6 +7,8 @@ sends to a topic keyed by item, so each item's statistics have one writer.
 from __future__ import annotations
 
 import math
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -15,6 +17,8 @@ from stream.profile import Profile
 NEAR_WINDOW = 5  # a co-visit: the two items are at most this many steps apart in the user's history
 HISTORY_FOR_COOC = 20  # how far back in the user's history an event pairs with earlier items
 MAX_NEIGHBORS = 60
+# Pruning back to MAX_NEIGHBORS only once twice as many accumulate: one sort per ~60 new neighbours.
+PRUNE_AT = 2 * MAX_NEIGHBORS
 MAX_SEEN = 32
 BUCKET_S = 3600.0
 
@@ -100,36 +104,11 @@ def activities_for(profile_before: Profile, event_id: str, item_id: str, ts: flo
 
 def apply_activity(stats: ItemStats, activity: Activity, window_s: float) -> ItemStats:
     """Fold one activity into an item's statistics; a replayed activity changes nothing."""
-    if activity.activity_id in stats.seen:
-        return stats
-    total, buckets = stats.total, stats.buckets
-    if activity.count:
-        total += 1
-        bucket = int(activity.ts // BUCKET_S)
-        oldest = int((activity.ts - 2 * window_s) // BUCKET_S)
-        buckets = {b: c for b, c in stats.buckets.items() if b >= oldest}
-        buckets[bucket] = buckets.get(bucket, 0) + 1
-    near, cooc = dict(stats.near), dict(stats.cooc)
-    for other, distance in activity.co_items:
-        cooc[other] = cooc.get(other, 0.0) + 1.0
-        if distance <= NEAR_WINDOW:
-            near[other] = near.get(other, 0.0) + 1.0
-    if len(cooc) > MAX_NEIGHBORS * 5 // 4:
-        keep = sorted(cooc, key=lambda k: (-cooc[k], k))[:MAX_NEIGHBORS]
-        cooc = {k: cooc[k] for k in keep}
-        near = {k: v for k, v in near.items() if k in cooc}
-    return replace(
-        stats,
-        total=total,
-        buckets=buckets,
-        near=near,
-        cooc=cooc,
-        seen=(*stats.seen, activity.activity_id)[-MAX_SEEN:],
-    )
+    return _fold(stats, (activity,), window_s)
 
 
 def apply_message(
-    stats: ItemStats, activities: list[Activity], window_s: float, offset: int | None = None
+    stats: ItemStats, activities: Sequence[Activity], window_s: float, offset: int | None = None
 ) -> ItemStats:
     """Fold one item-activity message (its activities for this item) into the statistics.
 
@@ -138,9 +117,49 @@ def apply_message(
     """
     if offset is not None and offset <= stats.offset:
         return stats
+    folded = _fold(stats, activities, window_s)
+    return folded if offset is None else replace(folded, offset=offset)
+
+
+def _fold(stats: ItemStats, activities: Sequence[Activity], window_s: float) -> ItemStats:
+    """Activities applied in order, on working copies made once (the hot path of item statistics)."""
+    seen = deque(stats.seen, maxlen=MAX_SEEN)
+    total = stats.total
+    buckets: dict[int, int] | None = None
+    near: dict[str, float] | None = None
+    cooc: dict[str, float] | None = None
     for activity in activities:
-        stats = apply_activity(stats, activity, window_s)
-    return stats if offset is None else replace(stats, offset=offset)
+        if activity.activity_id in seen:
+            continue
+        if near is None or cooc is None:
+            near, cooc = dict(stats.near), dict(stats.cooc)
+        seen.append(activity.activity_id)
+        if activity.count:
+            total += 1
+            oldest = int((activity.ts - 2 * window_s) // BUCKET_S)
+            source = buckets if buckets is not None else stats.buckets
+            buckets = {b: c for b, c in source.items() if b >= oldest}
+            bucket = int(activity.ts // BUCKET_S)
+            buckets[bucket] = buckets.get(bucket, 0) + 1
+        for other, distance in activity.co_items:
+            cooc[other] = cooc.get(other, 0.0) + 1.0
+            if distance <= NEAR_WINDOW:
+                near[other] = near.get(other, 0.0) + 1.0
+        if len(cooc) > PRUNE_AT:
+            counts = cooc
+            keep = sorted(counts, key=lambda k: (-counts[k], k))[:MAX_NEIGHBORS]
+            cooc = {k: counts[k] for k in keep}
+            near = {k: v for k, v in near.items() if k in cooc}
+    if near is None or cooc is None:
+        return stats  # every activity was a replay
+    return replace(
+        stats,
+        total=total,
+        buckets=buckets if buckets is not None else stats.buckets,
+        near=near,
+        cooc=cooc,
+        seen=tuple(seen),
+    )
 
 
 def window_count(stats: ItemStats, now: float, window_s: float) -> int:

@@ -13,7 +13,7 @@ from stream.context import event_context
 from stream.itemstats import Activity, activities_for
 from stream.profile import Profile, update_profile
 from stream.records import Event, InvalidMessage, Item, Query, parse
-from stream.runtime import metrics
+from stream.runtime import catalog, metrics
 from stream.tables import items, profiles
 
 REFRESH_TYPES = frozenset({"click", "purchase"})
@@ -63,7 +63,10 @@ async def ingest_events(stream: Any) -> None:
 
 
 def _item(item_id: str) -> Item | None:
-    # The items table, not the derived index: the index lags it by up to a sync interval.
+    # The derived index first (already parsed); the table for an item newer than the last sync.
+    item = catalog.get(item_id)
+    if item is not None:
+        return item
     raw: Any = items.get(item_id)
     return Item.model_validate(raw) if raw else None
 

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import numpy as np
+from faust.exceptions import ConsumerNotStarted
 
 from stream.app import app, settings
 from stream.features import N_FEATURES
@@ -16,6 +17,7 @@ from stream.records import Item
 from stream.runtime import catalog, metrics, ranker_client, snapshot, warmup
 from stream.tables import item_stats, item_vectors, items, profiles
 from stream.text import item_text
+from stream.topics import TOPIC_SPECS
 from workers.ranker_client import RankerUnavailable, RankRequest
 
 
@@ -92,3 +94,46 @@ async def prime_ranker_cache() -> None:
         await asyncio.sleep(0)  # let the agents run between chunks
     if pending:
         log.info("ranker item cache primed with %d items in %.1fs", len(pending), time.monotonic() - started)
+
+
+# Only streamrec's own topics get a lag series (the table changelogs are not committed by the group):
+# at most len(TOPIC_SPECS) x partitions label sets per worker.
+_LAG_TOPICS = frozenset(spec.name for spec in TOPIC_SPECS)
+_lag_labels: set[tuple[str, str]] = set()
+
+
+def partition_lags(consumer: Any, prefix: str) -> dict[tuple[str, str], int]:
+    """(topic without ``prefix``, partition) -> highwater minus the group's committed offset.
+
+    Reads only the consumer's in-memory state (no broker round trip). A partition whose highwater is
+    not known yet (no fetch since assignment) is skipped; one with no commit yet counts from offset 0.
+    """
+    lags: dict[tuple[str, str], int] = {}
+    committed_offsets = consumer._committed_offset  # faust keeps the last commit per partition here
+    for tp in consumer.assignment():
+        name = tp.topic.removeprefix(prefix)
+        if not tp.topic.startswith(prefix) or name not in _LAG_TOPICS:
+            continue
+        try:
+            highwater = consumer.highwater(tp)
+        except AssertionError:  # revoked between assignment() and here
+            continue
+        if highwater is None:
+            continue
+        committed = committed_offsets.get(tp)
+        lags[(name, str(tp.partition))] = max(0, int(highwater) - int(committed or 0))
+    return lags
+
+
+@app.timer(interval=5.0)
+async def report_consumer_lag() -> None:
+    try:
+        lags = partition_lags(app.consumer, settings.topic_prefix)
+    except ConsumerNotStarted:
+        return
+    for labels, lag in lags.items():
+        metrics.consumer_lag.labels(*labels).set(lag)
+    for labels in _lag_labels - lags.keys():  # partitions this worker no longer owns
+        metrics.consumer_lag.remove(*labels)
+    _lag_labels.clear()
+    _lag_labels.update(lags)

@@ -13,6 +13,7 @@ from stream.itemstats import (
     MAX_NEIGHBORS,
     MAX_SEEN,
     NEAR_WINDOW,
+    PRUNE_AT,
     Activity,
     ItemStats,
     activities_for,
@@ -143,7 +144,7 @@ def test_replaying_an_uncommitted_tail_of_forty_activities_counts_nothing_twice(
 
 
 def test_neighbors_are_pruned_to_the_strongest() -> None:
-    limit = MAX_NEIGHBORS * 5 // 4
+    limit = PRUNE_AT
     s = ItemStats("x")
     # "strong" is paired three times (near), then enough weak distinct neighbours to pass the limit.
     for n in range(3):
@@ -161,7 +162,7 @@ def test_neighbors_are_pruned_to_the_strongest() -> None:
 
 
 def test_neighbors_below_the_limit_are_not_pruned() -> None:
-    limit = MAX_NEIGHBORS * 5 // 4
+    limit = PRUNE_AT
     s = ItemStats("x")
     for n in range(limit):
         s = apply_activity(s, act(f"w{n}", "x", T0, False, (f"n{n}", 1)), WINDOW)
