@@ -17,7 +17,7 @@ import numpy as np
 from stream.catalog import CatalogIndex
 from stream.features import Signals, fallback_scores, feature_matrix
 from stream.itemstats import ItemStats, knn_similarity
-from stream.profile import Profile, interacted
+from stream.profile import Profile, interacted, recent_distinct
 
 
 @dataclass(frozen=True)
@@ -56,16 +56,6 @@ class _Acc:
 def top_genres(profile: Profile, now: float, n: int) -> list[str]:
     affinities = profile.decayed_affinities(now)
     return [g for g, _ in sorted(affinities.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]
-
-
-def recent_distinct(profile: Profile, n: int) -> list[str]:
-    out: list[str] = []
-    for recent in reversed(profile.recent_items):
-        if recent.item_id not in out:
-            out.append(recent.item_id)
-        if len(out) >= n:
-            break
-    return out
 
 
 def gather(

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from stream.profile import Profile
+from stream.profile import Profile, recent_distinct
 
 NEAR_WINDOW = 5  # a co-visit: the two items are at most this many steps apart in the user's history
 HISTORY_FOR_COOC = 20  # how far back in the user's history an event pairs with earlier items
@@ -90,12 +90,7 @@ class ItemStats:
 
 def activities_for(profile_before: Profile, event_id: str, item_id: str, ts: float) -> list[Activity]:
     """The activities one event produces, given the user's profile *before* the event."""
-    history: list[str] = []
-    for recent in reversed(profile_before.recent_items):
-        if recent.item_id != item_id and recent.item_id not in history:
-            history.append(recent.item_id)
-        if len(history) >= HISTORY_FOR_COOC:
-            break
+    history = recent_distinct(profile_before, HISTORY_FOR_COOC, exclude=item_id)
     pairs = tuple((other, distance) for distance, other in enumerate(history, start=1))
     out = [Activity(event_id, item_id, ts, True, pairs)]
     out.extend(Activity(event_id, other, ts, False, ((item_id, distance),)) for other, distance in pairs)

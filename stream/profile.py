@@ -151,12 +151,17 @@ def interacted(profile: Profile) -> set[str]:
     return set(profile.purchased)
 
 
+def recent_distinct(profile: Profile, n: int, exclude: str | None = None) -> list[str]:
+    """The user's ``n`` most recent distinct items, most recent first (``exclude`` left out)."""
+    out: list[str] = []
+    for recent in reversed(profile.recent_items):
+        if recent.item_id != exclude and recent.item_id not in out:
+            out.append(recent.item_id)
+            if len(out) >= n:
+                break
+    return out
+
+
 def recent_titles(profile: Profile, catalog: Mapping[str, Item], n: int = 5) -> list[str]:
     """Titles of the user's most recent distinct items, oldest first."""
-    seen: list[str] = []
-    for recent in reversed(profile.recent_items):
-        if recent.item_id not in seen:
-            seen.append(recent.item_id)
-        if len(seen) >= n:
-            break
-    return [catalog[i].title for i in reversed(seen) if i in catalog]
+    return [catalog[i].title for i in reversed(recent_distinct(profile, n)) if i in catalog]

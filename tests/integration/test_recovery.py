@@ -16,7 +16,7 @@ from stream.settings import Settings
 from tests.support.stack import read_json_topic, read_topic, wait_for
 from workers.kafka_clients import producer
 from workers.replay import plan, publish_items, publish_stream
-from workers.supervisor import WorkerProcess
+from workers.supervisor import WorkerProcess, free_port, metric_value
 
 
 def changelog_state(settings: Settings, table: str) -> dict[str, Any]:
@@ -138,3 +138,44 @@ def _diff(actual: dict[str, Any] | None, expected: dict[str, Any]) -> dict[str, 
     if actual is None:
         return {"missing": True}
     return {k: (str(actual.get(k))[:300], str(v)[:300]) for k, v in expected.items() if actual.get(k) != v}
+
+
+def test_two_workers_share_partitions_and_one_takes_over_when_the_other_dies(
+    env: dict[str, str], isolated: Settings, tmp_path: Path, worker_factory: list[WorkerProcess]
+) -> None:
+    first = WorkerProcess(env, tmp_path / "w0.log", name="worker-0").start()
+    second = WorkerProcess(
+        {**env, "STREAMREC_WEB_PORT": str(free_port())}, tmp_path / "w1.log", name="worker-1"
+    )
+    worker_factory.extend([first, second.start()])
+    first.wait_ready()
+    second.wait_ready()
+    replay = plan(2000, 100, seed=13)
+    asyncio.run(publish_items(isolated, replay.items))
+    first.wait_ready(catalog_items=len(replay.items))
+    second.wait_ready(catalog_items=len(replay.items))
+    half = len(replay.stream) // 2
+    asyncio.run(publish_stream(isolated, replay.stream[:half], max_rate=1000))
+    wait_for(
+        lambda: all((w.ready() or {}).get("assigned_partitions", 0) > 0 for w in (first, second)),
+        timeout_s=60,
+        what="both workers own partitions",
+    )
+    shares = [metric_value(w.metrics(), "streamrec_events_total") for w in (first, second)]
+    second.kill9()
+    asyncio.run(publish_stream(isolated, replay.stream[half:], max_rate=1000))
+    queries = {m.request_id for m in replay.stream if isinstance(m, Query)}
+    wait_for(
+        lambda: queries <= {r["request_id"] for r in read_json_topic(isolated, "recommendations")},
+        timeout_s=180,
+        interval_s=2,
+        what="every query answered, including those of the dead worker's partitions",
+    )
+    assert all(s > 0 for s in shares), f"both workers applied events before the kill: {shares}"
+    items = {i.item_id: i for i in replay.items}
+    wait_for(
+        lambda: changelog_state(isolated, "profiles") == expected_profiles(isolated, items),
+        timeout_s=120,
+        interval_s=3,
+        what="state equals the pure replay after the takeover",
+    )

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stream.candidates import CandidateParams, CandidateSet, gather, recent_distinct, top_genres
+from stream.candidates import CandidateParams, CandidateSet, gather, top_genres
 from stream.catalog import CatalogIndex
 from stream.features import FEATURE_NAMES, fallback_scores
 from stream.itemstats import ItemStats
-from stream.profile import Profile, RecentItem
+from stream.profile import Profile, RecentItem, recent_distinct
 from stream.records import Item
 
 T0 = 1_700_000_000.0

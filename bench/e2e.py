@@ -1,0 +1,364 @@
+"""End-to-end benchmark on the real stack: streamrec vs the naive baseline, side by side in one run.
+
+For each system (a streamrec worker; bench/naive_baseline.py) in its own namespace on the same
+broker and Triton, with the same MovieLens state: an open-loop load generator sends queries at
+fixed rates (with background events), and a consumer measures each recommendation's latency from
+the query's ts to its arrival on ``recommendations``. Also: ingestion-only events/s of a worker,
+and the client + Triton overhead over raw model compute at batch 1 (Triton's own metrics).
+
+    .venv/bin/python bench/e2e.py [--quick]
+
+Prints a table, then a JSON line as the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from stream.records import Query  # noqa: E402
+from stream.settings import Settings, load_settings  # noqa: E402
+from workers.kafka_clients import client_kwargs, producer  # noqa: E402
+from workers.replay import plan, publish_items, publish_stream, query_text  # noqa: E402
+from workers.stack import control  # noqa: E402
+from workers.supervisor import WorkerProcess, free_port, metric_value, settings_for  # noqa: E402
+
+
+@dataclass
+class Window:
+    rate: float
+    sent: int
+    answered: int
+    latencies_ms: list[float]
+    fallbacks: int
+    cpu_s: float = 0.0
+    rss_mb: float = 0.0
+
+    def p(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("inf")
+
+    @property
+    def sustained(self) -> bool:
+        return self.answered >= 0.99 * self.sent
+
+
+@dataclass
+class SystemResult:
+    name: str
+    windows: list[Window] = field(default_factory=list)
+
+    def max_rate(self, p99_bound_ms: float) -> float:
+        ok = [w.rate for w in self.windows if w.sustained and w.p(99) <= p99_bound_ms]
+        return max(ok, default=0.0)
+
+    def at(self, rate: float) -> Window | None:
+        return next((w for w in self.windows if w.rate == rate), None)
+
+
+def namespace(base: Settings, tag: str) -> dict[str, str]:
+    ns = f"bench{tag}{uuid.uuid4().hex[:6]}"
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")},
+        "STREAMREC_TOPIC_PREFIX": f"{ns}-",
+        "STREAMREC_APP_ID": f"streamrec-{ns}",
+        "STREAMREC_RUN_DIR": str(base.run_dir / ns),
+        "STREAMREC_WEB_PORT": str(free_port()),
+        "STREAMREC_KAFKA_PORT": str(base.kafka_port),
+        "STREAMREC_TRITON_GRPC_PORT": str(base.triton_grpc_port),
+        "STREAMREC_TRITON_HTTP_PORT": str(base.triton_http_port),
+        "STREAMREC_TRITON_METRICS_PORT": str(base.triton_metrics_port),
+        "STREAMREC_LOG_LEVEL": "warning",
+    }
+
+
+def proc_usage(pid: int) -> tuple[float, float]:
+    """(cpu seconds, RSS MB) of a process and its children, from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / ticks
+    rss = 0.0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1]) / 1024
+    return cpu, rss
+
+
+async def load_window(
+    settings: Settings, users: list[str], titles: list[Any], rate: float, seconds: float, pid: int
+) -> Window:
+    """Open loop: queries at ``rate``/s for ``seconds`` regardless of answers; then drain."""
+    consumer = AIOKafkaConsumer(
+        settings.topic("recommendations"),
+        **client_kwargs(settings),
+        group_id=None,
+        auto_offset_reset="latest",
+    )
+    await consumer.start()
+    await consumer.seek_to_end()
+    prod = producer(settings)
+    await prod.start()
+    tag = uuid.uuid4().hex[:6]
+    sent_ts: dict[str, float] = {}
+    latencies: list[float] = []
+    fallbacks = 0
+    rng = np.random.default_rng(int(rate * 1000))
+    cpu0, _ = proc_usage(pid)
+
+    start = time.time()
+
+    async def receive(until: float) -> None:
+        """Collect answers until ``until``, or earlier once sending is over and all are in."""
+        nonlocal fallbacks
+        while time.time() < until:
+            batch = await consumer.getmany(timeout_ms=100)
+            now = time.time()
+            for messages in batch.values():
+                for msg in messages:
+                    rec = json.loads(msg.value)
+                    ts = sent_ts.get(rec["request_id"])
+                    if ts is not None:
+                        latencies.append((now - ts) * 1000.0)
+                        fallbacks += bool(rec["fallback"])
+            if now > start + seconds and len(latencies) >= len(sent_ts):
+                return
+
+    receiver = asyncio.create_task(receive(start + seconds + 15.0))
+    n = 0
+    while (now := time.time()) < start + seconds:
+        due = start + n / rate
+        if due > now:
+            await asyncio.sleep(due - now)
+        user = users[int(rng.integers(len(users)))]
+        text = query_text(titles[int(rng.integers(len(titles)))], random.Random(n)) if n % 2 else ""
+        ts = time.time()
+        query = Query(request_id=f"b{tag}-{n}", user_id=user, text=text, ts=ts, k=10)
+        sent_ts[query.request_id] = ts
+        await prod.send(settings.topic("queries"), key=user.encode(), value=query.to_json())
+        n += 1
+    await prod.flush()
+    await receiver
+    cpu1, rss = proc_usage(pid)
+    await prod.stop()
+    await consumer.stop()
+    return Window(rate, len(sent_ts), len(latencies), latencies, fallbacks, cpu1 - cpu0, rss)
+
+
+def run_system(
+    name: str, base: Settings, rates: list[float], seconds: float, warm_events: int
+) -> tuple[SystemResult, float | None]:
+    env = namespace(base, name[:4])
+    settings = settings_for(env)
+    replay = plan(warm_events, 0, seed=1)
+    result = SystemResult(name)
+    log = base.run_dir / f"bench-{name}.log"
+    if name == "streamrec":
+        worker = WorkerProcess(env, log).start()
+        pid_of = worker
+        worker.wait_ready(timeout_s=120)
+        asyncio.run(publish_items(settings, replay.items))
+        worker.wait_ready(timeout_s=600, catalog_items=len(replay.items), vectors=True, primed=True)
+        pid = worker.proc.pid if worker.proc else 0
+    else:
+        asyncio.run(publish_items(settings, replay.items))
+        log.parent.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "naive_baseline.py")],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=log.open("ab"),
+            text=True,
+        )
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"baseline did not start; see {log}")
+        pid, pid_of = proc.pid, None
+    ingest = None
+    started = time.monotonic()
+    asyncio.run(publish_stream(settings, replay.stream))
+    if pid_of is not None:
+        while metric_value(pid_of.metrics(), "streamrec_events_total") < len(replay.stream):
+            time.sleep(0.2)
+        ingest = len(replay.stream) / (time.monotonic() - started)
+    else:
+        time.sleep(3.0)
+    users = sorted({m.user_id for m in replay.stream})
+    for rate in rates:
+        window = asyncio.run(load_window(settings, users, replay.items, rate, seconds, pid))
+        result.windows.append(window)
+        print(
+            f"  {name:9} {rate:6.1f} q/s  answered {window.answered}/{window.sent}  "
+            f"p50 {window.p(50):7.1f}  p99 {window.p(99):7.1f} ms  fallback {window.fallbacks}",
+            file=sys.stderr,
+        )
+        if not window.sustained and window.p(99) > 5000:
+            break  # far past saturation: higher rates tell nothing more
+    if pid_of is not None:
+        pid_of.stop()
+    else:
+        proc.terminate()
+        proc.wait(30)
+    return result, ingest
+
+
+def ingest_only(base: Settings, events: int) -> float:
+    """Events/s one worker applies to state: the events are in the topic before it starts."""
+    env = namespace(base, "ing")
+    settings = settings_for(env)
+    replay = plan(events, 0, seed=2)
+    asyncio.run(publish_items(settings, replay.items))
+    asyncio.run(publish_stream(settings, replay.stream))
+    worker = WorkerProcess(env, base.run_dir / "bench-ingest.log").start()
+    try:
+        worker.wait_ready(timeout_s=120)
+        first = None
+        while True:
+            applied = metric_value(worker.metrics(), "streamrec_events_total")
+            now = time.monotonic()
+            if applied > 0 and first is None:
+                first = (now, applied)
+            if applied >= events:
+                break
+            time.sleep(0.1)
+        assert first is not None
+        return (applied - first[1]) / max(now - first[0], 1e-6)
+    finally:
+        worker.stop()
+
+
+def overhead_bs1(base: Settings, n: int = 200) -> dict[str, float]:
+    """Client-observed latency of single-row ranker calls minus Triton's own compute time for them."""
+    import tritonclient.grpc as grpcclient
+
+    def triton_metrics() -> str:
+        with urllib.request.urlopen(f"http://{base.triton_metrics_url}/metrics", timeout=5) as resp:
+            return str(resp.read().decode())
+
+    client = grpcclient.InferenceServerClient(base.triton_grpc_url)
+    q = np.array([[b"search: comedy | likes: Comedy"]], dtype=object)
+    i = np.array([[b"Toy Story (1995). Animation, Children's, Comedy. 1995."]], dtype=object)
+    f = np.zeros((1, 8), dtype=np.float32)
+    inputs = [
+        grpcclient.InferInput("QUERY", [1, 1], "BYTES"),
+        grpcclient.InferInput("ITEM", [1, 1], "BYTES"),
+        grpcclient.InferInput("FEATURES", [1, 8], "FP32"),
+    ]
+    inputs[0].set_data_from_numpy(q)
+    inputs[1].set_data_from_numpy(i)
+    inputs[2].set_data_from_numpy(f)
+    for _ in range(10):
+        client.infer("ranker", inputs)
+    labels = {"model": "ranker"}
+    names = (
+        "nv_inference_compute_infer_duration_us",
+        "nv_inference_request_duration_us",
+        "nv_inference_count",
+    )
+    before = {k: metric_value(triton_metrics(), k, labels) for k in names}
+    t0 = time.perf_counter()
+    for _ in range(n):
+        client.infer("ranker", inputs)
+    client_ms = (time.perf_counter() - t0) * 1000 / n
+    after = {k: metric_value(triton_metrics(), k, labels) for k in names}
+    count = max(after["nv_inference_count"] - before["nv_inference_count"], 1)
+    compute_ms = (after[names[0]] - before[names[0]]) / count / 1000
+    server_ms = (after[names[1]] - before[names[1]]) / count / 1000
+    return {
+        "client_ms": client_ms,
+        "server_request_ms": server_ms,
+        "compute_ms": compute_ms,
+        "overhead_ms": client_ms - compute_ms,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short windows, fewer rates (< 5 minutes)")
+    args = parser.parse_args()
+    base = load_settings()
+    control.up(base)
+    rates = [2.0, 5.0, 10.0, 20.0] if args.quick else [2.0, 5.0, 10.0, 20.0, 30.0, 40.0, 60.0]
+    seconds = 10.0 if args.quick else 30.0
+    warm = 2000 if args.quick else 5000
+    print(
+        f"streamrec e2e benchmark ({'quick' if args.quick else 'full'}); rates {rates} q/s, {seconds:.0f}s each",
+        file=sys.stderr,
+    )
+    overhead = overhead_bs1(base)
+    ingest_rate = ingest_only(base, 6000 if args.quick else 20000)
+    systems = {}
+    for name in ("streamrec", "baseline"):
+        systems[name], _ = run_system(name, base, rates, seconds, warm)
+    ours, naive = systems["streamrec"], systems["baseline"]
+    fixed = max((r for r in rates if (w := naive.at(r)) and w.sustained), default=rates[0])
+    ours_fixed, naive_fixed = ours.at(fixed), naive.at(fixed)
+    result = {
+        "throughput_ratio": _ratio(ours.max_rate(250), naive.max_rate(250)),
+        "p99_ratio": _ratio(
+            naive_fixed.p(99) if naive_fixed else float("inf"),
+            ours_fixed.p(99) if ours_fixed else float("inf"),
+        ),
+        "p99_ratio_rate_qps": fixed,
+        "ingest_events_per_s": round(ingest_rate, 1),
+        "overhead_ms_bs1": round(overhead["overhead_ms"], 3),
+        "max_qps_p99_100ms": ours.max_rate(100),
+        "max_qps_p99_250ms": ours.max_rate(250),
+        "baseline_max_qps_p99_100ms": naive.max_rate(100),
+        "baseline_max_qps_p99_250ms": naive.max_rate(250),
+        "triton_bs1": {k: round(v, 3) for k, v in overhead.items()},
+        "windows": {
+            name: [
+                {
+                    "rate": w.rate,
+                    "sent": w.sent,
+                    "answered": w.answered,
+                    "p50_ms": round(w.p(50), 1),
+                    "p95_ms": round(w.p(95), 1),
+                    "p99_ms": round(w.p(99), 1),
+                    "max_ms": round(max(w.latencies_ms, default=float("nan")), 1),
+                    "fallback_share": round(w.fallbacks / max(w.answered, 1), 3),
+                    "cpu_s": round(w.cpu_s, 2),
+                    "rss_mb": round(w.rss_mb, 1),
+                }
+                for w in res.windows
+            ]
+            for name, res in systems.items()
+        },
+        "quick": args.quick,
+    }
+    print("\n| system | q/s | answered | p50 ms | p95 ms | p99 ms | max ms | fallback | CPU s | RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, rows in result["windows"].items():
+        for row in rows:
+            print(
+                f"| {name} | {row['rate']:.0f} | {row['answered']}/{row['sent']} | {row['p50_ms']} | {row['p95_ms']} "
+                f"| {row['p99_ms']} | {row['max_ms']} | {row['fallback_share']:.0%} | {row['cpu_s']} | {row['rss_mb']} |"
+            )
+    print(json.dumps(result))
+
+
+def _ratio(a: float, b: float) -> float | None:
+    if b == 0 or not np.isfinite(a) or not np.isfinite(b):
+        return None
+    return round(a / b, 3)
+
+
+if __name__ == "__main__":
+    main()
