@@ -123,6 +123,9 @@ class CatalogIndex:
             self._vectors[item_id] = np.asarray(vector, dtype=np.float32)
         self._matrix = None
 
+    def vector(self, item_id: str) -> np.ndarray | None:
+        return self._vectors.get(item_id)
+
     def has_vector(self, item_id: str) -> bool:
         return item_id in self._vectors
 

@@ -28,6 +28,8 @@ class Metrics:
     consumer_lag: Gauge
     erasures: Counter
     model_version: Gauge
+    impressions: Counter
+    explored: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -81,6 +83,16 @@ class Metrics:
             erasures=Counter(f"{p}erasures", "Users erased on request", registry=r),
             model_version=Gauge(
                 f"{p}model_version", "Ranker model version that answered last", ["model"], registry=r
+            ),
+            # ``variant`` is bounded: names are validated and at most eight (stream/experiment.py).
+            impressions=Counter(
+                f"{p}impressions", "Items shown in recommendations, per A/B variant", ["variant"], registry=r
+            ),
+            explored=Counter(
+                f"{p}explored_items",
+                "Items shown by the exploration policy instead of the ranking, per A/B variant",
+                ["variant"],
+                registry=r,
             ),
         )
 

@@ -42,6 +42,8 @@ class Profile:
     last_seen: float = 0.0
     # The offset of the last applied message of the (user-keyed, so single-partition) events topic.
     events_offset: int = -1
+    # Set when the user was erased: older events (redelivered or late) must not rebuild the profile.
+    erased_at: float = 0.0
 
     @property
     def is_cold(self) -> bool:
@@ -62,6 +64,7 @@ class Profile:
             "seen_event_ids": list(self.seen_event_ids),
             "last_seen": self.last_seen,
             "events_offset": self.events_offset,
+            "erased_at": self.erased_at,
         }
 
     @classmethod
@@ -79,6 +82,7 @@ class Profile:
             seen_event_ids=tuple(str(e) for e in data.get("seen_event_ids", [])),
             last_seen=float(data.get("last_seen", 0.0)),
             events_offset=int(data.get("events_offset", -1)),
+            erased_at=float(data.get("erased_at", 0.0)),
         )
 
 
@@ -99,6 +103,8 @@ def update_profile(profile: Profile, event: Event, item: Item | None, offset: in
     """
     if offset is not None and offset <= profile.events_offset:
         return profile
+    if event.ts <= profile.erased_at:
+        return replace(profile, events_offset=offset) if offset is not None else profile
     if event.event_id in profile.seen_event_ids:
         return replace(profile, events_offset=offset) if offset is not None else profile
     now = max(event.ts, profile.affinity_ts)
@@ -149,6 +155,12 @@ def record_query(profile: Profile, text: str, ts: float) -> Profile:
 def interacted(profile: Profile) -> set[str]:
     """Items the user has already consumed and should not be recommended again."""
     return set(profile.purchased)
+
+
+def erased(profile: Profile, erased_at: float) -> Profile:
+    """What remains of a user after erasure: no behaviour, only what keeps older events from
+    rebuilding it (the last applied events offset and the erasure time)."""
+    return Profile(user_id=profile.user_id, events_offset=profile.events_offset, erased_at=erased_at)
 
 
 def recent_distinct(profile: Profile, n: int, exclude: str | None = None) -> list[str]:

@@ -10,10 +10,13 @@ import numpy as np
 
 from stream.candidates import CandidateParams, CandidateSet, gather
 from stream.catalog import CatalogIndex
+from stream.diversity import ItemSimilarity, diversify
+from stream.experiment import Arm, Experiment
+from stream.exploration import explore
 from stream.itemstats import ItemStats
 from stream.metrics import Metrics
 from stream.profile import Profile, recent_titles
-from stream.records import ModelInfo, Query, Recommendation
+from stream.records import ModelInfo, Query, Recommendation, RecommendedItem
 from stream.rerank import rerank
 from stream.settings import Settings
 from stream.text import item_text, user_text
@@ -56,6 +59,7 @@ class Recommender:
         self.client = client
         self.metrics = metrics
         self.params = CandidateParams(limit=settings.candidates_max)
+        self.experiment = Experiment(salt=settings.experiment_salt, variants=settings.variants)
 
     async def recommend(
         self, requests: Sequence[tuple[Query, Profile]], trigger: str = "query"
@@ -78,26 +82,59 @@ class Recommender:
             )
             for query, profile in requests
         ]
-        scores, model, cause = await self._score(requests, sets, deadline)
+        variants = [self.experiment.assign(query.user_id) for query, _ in requests]
+        # A "fallback" arm is ranked by the blend on purpose: not sent to Triton, not a failure.
+        ranked = [r for r, v in enumerate(variants) if not v.arm.uses_fallback]
+        scores: list[np.ndarray] = [c.fallback for c in sets]
+        model, cause = FALLBACK_MODEL, None
+        if ranked:
+            ranker_scores, model, cause = await self._score(
+                [requests[r] for r in ranked], [sets[r] for r in ranked], deadline
+            )
+            for r, row in zip(ranked, ranker_scores, strict=True):
+                scores[r] = row
         out = []
-        for (query, _), cands, row_scores in zip(requests, sets, scores, strict=True):
-            items = rerank(cands, row_scores, query.k, query.text, self.catalog)
+        for (query, _), cands, row_scores, variant in zip(requests, sets, scores, variants, strict=True):
+            items, explored = self._shown(query, cands, row_scores, variant.arm)
+            self.metrics.impressions.labels(variant=variant.name).inc(len(items))
+            self.metrics.explored.labels(variant=variant.name).inc(int(explored))
             produced = time.time()
             out.append(
                 Recommendation(
                     request_id=query.request_id,
                     user_id=query.user_id,
                     items=items,
-                    model=model,
-                    fallback=cause is not None,
+                    model=FALLBACK_MODEL if variant.arm.uses_fallback else model,
+                    fallback=cause is not None and not variant.arm.uses_fallback,
                     produced_at=produced,
                     latency_ms=round(max(produced - query.ts, 0.0) * 1000.0, 3),
                     trigger="event" if trigger == "event" else "query",
+                    variant=variant.name,
                 )
             )
         if cause is not None:
-            self.metrics.fallbacks.labels(cause=cause).inc(len(out))
+            self.metrics.fallbacks.labels(cause=cause).inc(len(ranked))
         return out
+
+    def _shown(
+        self, query: Query, cands: CandidateSet, scores: np.ndarray, arm: Arm
+    ) -> tuple[list[RecommendedItem], bool]:
+        """The top ``k``: by score, then MMR when lambda < 1, then exploration when epsilon > 0."""
+        lam = self.settings.mmr_lambda if arm.mmr_lambda is None else arm.mmr_lambda
+        eps = self.settings.explore_epsilon if arm.explore_epsilon is None else arm.explore_epsilon
+        if lam >= 1.0 and eps <= 0.0:
+            return rerank(cands, scores, query.k, query.text, self.catalog), False
+        items = rerank(cands, scores, len(cands.candidates), query.text, self.catalog)
+        if lam < 1.0:
+            similarity = ItemSimilarity(self.catalog.vector, self._categories)
+            items = diversify(items, query.k, lam, similarity)
+        if eps > 0.0:
+            return explore(items, query.k, eps, query.request_id, self.settings.explore_slots)
+        return items[: query.k], False
+
+    def _categories(self, item_id: str) -> list[str]:
+        item = self.catalog.get(item_id)
+        return item.categories if item is not None else []
 
     async def _embed_queries(self, texts: Sequence[str], deadline: float) -> Mapping[str, np.ndarray]:
         unique = sorted({t for t in texts if t})

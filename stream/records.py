@@ -11,7 +11,15 @@ import math
 from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+)
 
 # Input size limits, documented in docs/topics.md.
 MAX_ID_LEN = 64
@@ -94,6 +102,16 @@ class RecommendedItem(Contract):
     score: float
     rank: int
     reason: str
+    # The probability that the exploration policy showed this item in this slot; absent from the
+    # JSON (not null) when exploration is off, so consumers see today's shape.
+    propensity: float | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_propensity(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("propensity") is None:
+            data.pop("propensity", None)
+        return data
 
 
 class ModelInfo(Contract):

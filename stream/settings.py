@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from stream.experiment import DEFAULT_VARIANTS, FALLBACK_RANKER, LATEST, Variant, parse_variants
 
 ROOT = Path(__file__).resolve().parent.parent
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -85,6 +88,14 @@ class Settings(BaseSettings):
     breaker_window: int = Field(default=20, ge=1)
     breaker_open_s: float = Field(default=5.0, gt=0)
 
+    # --- experiments, diversity, exploration (stream/experiment.py; defaults keep one ranked list) ---
+    experiment_salt: str = Field(default="streamrec-ab-1", min_length=1, max_length=64)
+    # JSON, e.g. {"control": 0.5, "treatment": {"share": 0.5, "mmr_lambda": 0.7}}; empty = all control.
+    variants: Annotated[tuple[Variant, ...], NoDecode] = DEFAULT_VARIANTS
+    mmr_lambda: float = Field(default=1.0, ge=0.0, le=1.0)  # 1.0 = pure relevance (no MMR)
+    explore_epsilon: float = Field(default=0.0, ge=0.0, le=1.0)  # 0.0 = no exploration
+    explore_slots: int = Field(default=1, ge=1, le=10)  # how many of the last top-k slots may explore
+
     # --- paths ---
     cache_dir: Path = Path.home() / ".cache" / "streamrec"
     run_dir: Path = ROOT / ".run"
@@ -112,6 +123,26 @@ class Settings(BaseSettings):
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
+
+    @field_validator("variants", mode="before")
+    @classmethod
+    def _parse_variants(cls, value: object) -> tuple[Variant, ...]:
+        if value is None or isinstance(value, str | Mapping | tuple):
+            return parse_variants(value)
+        raise ValueError(f"expected a JSON object of variants, got {type(value).__name__}")
+
+    @model_validator(mode="after")
+    def _variants_routable(self) -> Settings:
+        # Until per-variant model routing lands (issue 8, hot swap), an arm may only choose the
+        # configured ranker's latest version or the fallback blend.
+        for v in self.variants:
+            if v.arm.ranker not in (None, self.ranker_model, FALLBACK_RANKER) or v.arm.version != LATEST:
+                raise ValueError(
+                    f"STREAMREC_VARIANTS: variant {v.name!r} asks for ranker {v.arm.ranker!r} version "
+                    f"{v.arm.version!r}; only STREAMREC_RANKER_MODEL ({self.ranker_model!r}) at 'latest' "
+                    f"or {FALLBACK_RANKER!r} can be served yet"
+                )
+        return self
 
     @model_validator(mode="after")
     def _ports_distinct(self) -> Settings:

@@ -7,6 +7,10 @@ from stream.app import app
 # Per-user profile, partitioned like ``events`` and ``queries`` (key: user_id).
 profiles = app.Table("profiles", default=None, key_type=str)
 
+# Erasure markers (key: user_id): only the events offset and time of the erasure, so that
+# redelivered or late events from before it cannot rebuild the deleted profile.
+erasures = app.Table("erasures", default=None, key_type=str)
+
 # The catalog and its embeddings: every worker needs all of it to generate candidates.
 items = app.GlobalTable("items", default=None, key_type=str)
 item_vectors = app.GlobalTable("item-vectors", default=None, key_type=str)

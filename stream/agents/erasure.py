@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from stream.agents.events import forget_user
+from stream.agents.events import forget_user, load_profile
 from stream.agents.topics import dead_letter, erasure_confirmations_topic, erasure_topic
 from stream.app import app
 from stream.context import event_context
+from stream.profile import erased
 from stream.records import ErasureConfirmation, ErasureRequest, InvalidMessage, parse
 from stream.runtime import metrics
-from stream.tables import profiles
+from stream.tables import erasures, profiles
 
 
 @app.agent(erasure_topic)
@@ -22,9 +23,13 @@ async def erase_users(stream: Any) -> None:
         except InvalidMessage as exc:
             dead_letter(event, exc.reason)
             continue
+        erased_at = request.ts if request.ts is not None else time.time()
         with event_context(event):
-            # Deleting writes a tombstone to the changelog, so the erasure survives restarts and compaction.
+            marker = erased(load_profile(request.user_id), erased_at)
+            # Deleting writes a tombstone to the changelog, so the erasure survives restarts and compaction;
+            # the marker (no behaviour, just offset and time) keeps replayed events from rebuilding it.
             profiles.pop(request.user_id, None)
+            erasures[request.user_id] = {"events_offset": marker.events_offset, "erased_at": marker.erased_at}
         forget_user(request.user_id)
         metrics.erasures.inc()
         confirmation = ErasureConfirmation(

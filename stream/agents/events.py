@@ -14,7 +14,7 @@ from stream.itemstats import Activity, activities_for
 from stream.profile import Profile, update_profile
 from stream.records import Event, InvalidMessage, Item, Query, parse
 from stream.runtime import catalog, metrics
-from stream.tables import items, profiles
+from stream.tables import erasures, items, profiles
 
 REFRESH_TYPES = frozenset({"click", "purchase"})
 _last_refresh: dict[str, float] = {}  # debounce only: losing it on a rebalance costs one extra refresh
@@ -22,7 +22,12 @@ _last_refresh: dict[str, float] = {}  # debounce only: losing it on a rebalance 
 
 def load_profile(user_id: str) -> Profile:
     raw: Any = profiles.get(user_id)
-    return Profile.from_dict(raw) if raw else Profile(user_id=user_id)
+    if raw:
+        return Profile.from_dict(raw)
+    marker: Any = erasures.get(user_id)
+    if marker:
+        return Profile.from_dict({"user_id": user_id, **marker})
+    return Profile(user_id=user_id)
 
 
 @app.agent(events_topic)

@@ -18,7 +18,7 @@ from workers.replay import plan, publish_items, publish_stream
 from workers.supervisor import WorkerProcess, metric_value
 
 REASON = re.compile(
-    r"^(matches '.+'|because you watched .+|you like .+|trending in .+|trending now|popular in .+|popular with everyone)$"
+    r"^(exploring: )?(matches '.+'|because you watched .+|you like .+|trending in .+|trending now|popular in .+|popular with everyone)$"
 )
 
 MALFORMED: list[tuple[str, bytes | None, bytes | None]] = [
