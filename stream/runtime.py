@@ -1,23 +1,23 @@
-"""The worker's shared runtime: metrics, the derived catalog index and snapshots, and the Triton client.
+"""The worker's shared runtime: metrics, the derived item view, and the services owning network clients.
 
-Nothing here is per-user state (that lives in tables); these are caches derived from global tables
-and the services that own network clients.
+Nothing here is per-user state (that lives in tables); the item view is a cache derived from the
+item tables' changelogs.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass, field
-from typing import Any
 
 import faust
 from prometheus_client import REGISTRY
 
 from stream.app import app, settings
 from stream.catalog import CatalogIndex
-from stream.itemstats import ItemStats
+from stream.follower import ChangelogFollower, ItemView
 from stream.metrics import Metrics
 from stream.recommend import Recommender, Snapshot
-from stream.tables import item_stats
 from workers.ranker_client import RankerClient
 
 
@@ -38,13 +38,10 @@ catalog = CatalogIndex()
 snapshot = Snapshot()
 
 
-def lookup_item_stats(item_id: str) -> ItemStats | None:
-    raw: Any = item_stats.get(item_id)
-    return ItemStats.from_dict(raw) if raw else None
-
-
+item_view = ItemView(catalog, snapshot)
+follower = ChangelogFollower(settings, item_view)
 ranker_client = RankerClient(settings, metrics)
-recommender = Recommender(settings, catalog, lookup_item_stats, snapshot, ranker_client, metrics)
+recommender = Recommender(settings, catalog, item_view.item_stats, snapshot, ranker_client, metrics)
 
 
 PRODUCER_BUFFER_MAX = 20_000
@@ -54,6 +51,20 @@ PRODUCER_BUFFER_MAX = 20_000
 async def tune_producer_buffer() -> None:
     # Batches write hundreds of table keys at once; the default buffer of 100 makes every batch wait.
     app.producer.buffer.max_messages = PRODUCER_BUFFER_MAX
+
+
+@app.service
+class ItemViewService(faust.Service):
+    """Follows the item tables' changelogs for as long as the worker runs."""
+
+    async def on_start(self) -> None:
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(follower.run(self._stop))
+
+    async def on_stop(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
 
 
 @app.service

@@ -11,9 +11,9 @@ profiles = app.Table("profiles", default=None, key_type=str)
 # redelivered or late events from before it cannot rebuild the deleted profile.
 erasures = app.Table("erasures", default=None, key_type=str)
 
-# The catalog and its embeddings: every worker needs all of it to generate candidates.
-items = app.GlobalTable("items", default=None, key_type=str)
-item_vectors = app.GlobalTable("item-vectors", default=None, key_type=str)
-
-# Co-visitation, co-occurrence and windowed counts per item, written by the ``item-activity`` agent.
-item_stats = app.GlobalTable("item-stats", default=None, key_type=str)
+# The catalog, its embeddings, and item statistics: one writer per item (the owner of the item's
+# partition of ``items`` / ``item-activity``). Every worker reads all of them through their
+# changelogs (stream/follower.py).
+items = app.Table("items", default=None, key_type=str)
+item_vectors = app.Table("item-vectors", default=None, key_type=str)
+item_stats = app.Table("item-stats", default=None, key_type=str)

@@ -12,9 +12,9 @@ from stream.app import app, settings
 from stream.context import event_context
 from stream.itemstats import Activity, activities_for
 from stream.profile import Profile, update_profile
-from stream.records import Event, InvalidMessage, Item, Query, parse
+from stream.records import Event, InvalidMessage, Query, parse
 from stream.runtime import catalog, metrics
-from stream.tables import erasures, items, profiles
+from stream.tables import erasures, profiles
 
 REFRESH_TYPES = frozenset({"click", "purchase"})
 _last_refresh: dict[str, float] = {}  # debounce only: losing it on a rebalance costs one extra refresh
@@ -47,7 +47,7 @@ async def ingest_events(stream: Any) -> None:
                 before = (
                     touched[record.user_id][1] if record.user_id in touched else load_profile(record.user_id)
                 )
-            after = update_profile(before, record, _item(record.item_id), offset=event.message.offset)
+            after = update_profile(before, record, catalog.get(record.item_id), offset=event.message.offset)
             if after.counts == before.counts:
                 if after is not before:
                     touched[record.user_id] = (event, after)  # a duplicate: only the offset moves
@@ -65,15 +65,6 @@ async def ingest_events(stream: Any) -> None:
             item_activity_topic.send_soon(
                 key=item_id.encode(), value=orjson.dumps([a.to_dict() for a in acts])
             )
-
-
-def _item(item_id: str) -> Item | None:
-    # The derived index first (already parsed); the table for an item newer than the last sync.
-    item = catalog.get(item_id)
-    if item is not None:
-        return item
-    raw: Any = items.get(item_id)
-    return Item.model_validate(raw) if raw else None
 
 
 def forget_user(user_id: str) -> None:

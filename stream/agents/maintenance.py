@@ -13,53 +13,27 @@ from faust.exceptions import ConsumerNotStarted
 from stream.app import app, settings
 from stream.features import N_FEATURES
 from stream.itemstats import BUCKET_S
-from stream.records import Item
-from stream.runtime import catalog, metrics, ranker_client, snapshot, warmup
-from stream.tables import item_stats, item_vectors, items, profiles
+from stream.runtime import catalog, item_view, metrics, ranker_client, snapshot, warmup
+from stream.tables import profiles
 from stream.text import item_text
 from stream.topics import TOPIC_SPECS
 from workers.ranker_client import RankerUnavailable, RankRequest
 
 
-@app.timer(interval=1.0)
-async def sync_catalog() -> None:
-    stored: dict[str, Any] = dict(items.items())
-    for item_id in [i for i in catalog.items if i not in stored]:
-        catalog.remove(item_id)
-    for item_id, raw in stored.items():
-        if not raw:
-            continue
-        current = catalog.get(item_id)
-        if current is None or current.updated_at != raw.get("updated_at"):
-            catalog.upsert(Item.model_validate(raw))
-    for item_id, raw in item_vectors.items():
-        item = catalog.get(item_id)
-        if item is None or not raw or catalog.has_vector(item_id):
-            continue
-        if raw.get("updated_at") == item.updated_at:
-            catalog.set_vector(item_id, np.asarray(raw["vector"], dtype=np.float32))
-
-
 @app.timer(interval=2.0)
 async def refresh_snapshot() -> None:
-    popularity: dict[str, int] = {}
-    buckets: dict[str, dict[str, int]] = {}
-    latest = 0
-    for item_id, raw in item_stats.items():
-        if not raw:
-            continue
-        popularity[item_id] = int(raw.get("total", 0))
-        buckets[item_id] = raw.get("buckets", {})
-        if buckets[item_id]:
-            latest = max(latest, *(int(b) for b in buckets[item_id]))
+    """Trending counts over the hopping window ending at the latest event time seen."""
+    stats = item_view.stats
+    latest = max((int(b) for raw in stats.values() for b in raw.get("buckets", {})), default=0)
     first = latest - int(settings.trending_window_s // BUCKET_S) + 1
-    snapshot.popularity = popularity
     snapshot.trending = {
-        i: n for i, bs in buckets.items() if (n := sum(c for b, c in bs.items() if int(b) >= first)) > 0
+        item_id: n
+        for item_id, raw in stats.items()
+        if (n := sum(c for b, c in raw.get("buckets", {}).items() if int(b) >= first)) > 0
     }
     snapshot.watermark = (latest + 1) * BUCKET_S
     metrics.table_size.labels(table="items").set(len(catalog))
-    metrics.table_size.labels(table="item_stats").set(len(popularity))
+    metrics.table_size.labels(table="item_stats").set(len(stats))
     metrics.table_size.labels(table="profiles").set(sum(1 for _ in profiles))
 
 

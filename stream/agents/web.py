@@ -7,7 +7,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from stream.app import app
-from stream.runtime import catalog, metrics, warmup
+from stream.runtime import catalog, follower, metrics, warmup
 
 
 @app.page("/metrics")
@@ -26,7 +26,8 @@ def readiness() -> dict[str, Any]:
     recovered = tables.recovery.completed.is_set()
     assigned = len(app.consumer.assignment()) if app.consumer is not None else 0
     return {
-        "ready": bool(recovered and assigned and not app.rebalancing),
+        "ready": bool(recovered and assigned and not app.rebalancing and follower.caught_up.is_set()),
+        "item_view_caught_up": follower.caught_up.is_set(),
         "recovered": recovered,
         "rebalancing": bool(app.rebalancing),
         "assigned_partitions": assigned,

@@ -125,17 +125,18 @@ def activities_sent(outputs: Outputs) -> dict[str, list[dict[str, Any]]]:
 
 async def test_events_update_the_profile_and_emit_item_activity(outputs: Outputs) -> None:
     user, a, b = fresh("u"), fresh("a"), fresh("b")
-    items_table.data[a] = Item(item_id=a, title="A", categories=["Drama"], updated_at=TS).model_dump(
-        mode="json"
-    )
-    async with events.ingest_events.test_context() as agent:
-        await agent.put(value=event_bytes("e1-" + user, user, a, "view", TS), key=user.encode())
-        await agent.put(value=event_bytes("e2-" + user, user, b, "purchase", TS + 1), key=user.encode())
-        profile = await wait_for(lambda: (p := stored_profile(user)) and p.counts.get("purchase") and p)
+    runtime.catalog.upsert(Item(item_id=a, title="A", categories=["Drama"], updated_at=TS))
+    try:
+        async with events.ingest_events.test_context() as agent:
+            await agent.put(value=event_bytes("e1-" + user, user, a, "view", TS), key=user.encode())
+            await agent.put(value=event_bytes("e2-" + user, user, b, "purchase", TS + 1), key=user.encode())
+            profile = await wait_for(lambda: (p := stored_profile(user)) and p.counts.get("purchase") and p)
+    finally:
+        runtime.catalog.remove(a)
     assert profile.counts == {"view": 1, "purchase": 1}
     assert [(r.item_id, r.type) for r in profile.recent_items] == [(a, "view"), (b, "purchase")]
     assert profile.purchased == frozenset({b})
-    assert profile.affinities == pytest.approx({"Drama": 1.0})  # a is in the items table; b is not
+    assert profile.affinities == pytest.approx({"Drama": 1.0})  # a is in the catalog; b is not
     sent = activities_sent(outputs)
     # e1: a counted (no history). e2: b counted and paired with a at distance 1, mirrored onto a.
     assert [(x["activity_id"], x["count"], x["co_items"]) for x in sent[a]] == [
@@ -534,45 +535,50 @@ async def test_item_activity_folds_into_item_stats_idempotently(outputs: Outputs
     assert letter.reason == "item-activity message is not valid JSON"
 
 
-# --- maintenance timers -------------------------------------------------------------------------------------
+# --- the item view and the maintenance timers ------------------------------------------------------------
 # ``@app.timer`` returns wrappers (task around timer loop) that run forever; unwrapped, it is one tick.
-sync_catalog_once = inspect.unwrap(maintenance.sync_catalog)
 refresh_snapshot_once = inspect.unwrap(maintenance.refresh_snapshot)
 
 
-async def test_sync_catalog_mirrors_the_items_table() -> None:
+def test_item_view_follows_items_vectors_and_tombstones() -> None:
+    from stream.catalog import CatalogIndex
+    from stream.follower import ItemView
+    from stream.recommend import Snapshot
+
+    view = ItemView(CatalogIndex(), Snapshot())
     a, b = fresh("it"), fresh("it")
-    items_table.data[a] = Item(item_id=a, title="Alpha", updated_at=TS).model_dump(mode="json")
-    item_vectors.data[a] = {"updated_at": TS, "vector": [1.0, 0.0]}
-    items_table.data[b] = Item(item_id=b, title="Beta", updated_at=TS).model_dump(mode="json")
-    item_vectors.data[b] = {"updated_at": TS - 1, "vector": [0.0, 1.0]}  # a stale vector
-    before = set(runtime.catalog.items)
-    try:
-        await sync_catalog_once()
-        assert a in runtime.catalog and b in runtime.catalog
-        assert runtime.catalog.has_vector(a)
-        assert not runtime.catalog.has_vector(b)
-        del items_table.data[a]
-        await sync_catalog_once()
-        assert a not in runtime.catalog
-        assert not runtime.catalog.has_vector(a)
-    finally:
-        for item_id in (a, b):
-            items_table.data.pop(item_id, None)
-            item_vectors.data.pop(item_id, None)
-        # The sync also mirrored items other tests left in the table: the shared index goes back as it was.
-        for item_id in set(runtime.catalog.items) - before:
-            runtime.catalog.remove(item_id)
+    view.apply("item-vectors", a, {"updated_at": TS, "vector": [1.0, 0.0]})  # a vector before its item
+    view.apply("items", a, Item(item_id=a, title="Alpha", updated_at=TS).model_dump(mode="json"))
+    view.apply("items", b, Item(item_id=b, title="Beta", updated_at=TS).model_dump(mode="json"))
+    view.apply("item-vectors", b, {"updated_at": TS - 1, "vector": [0.0, 1.0]})  # a stale vector
+    assert a in view.catalog and b in view.catalog
+    assert view.catalog.has_vector(a)
+    assert not view.catalog.has_vector(b)
+    view.apply("items", b, Item(item_id=b, title="Beta 2", updated_at=TS - 1).model_dump(mode="json"))
+    assert view.catalog.has_vector(b), "the item caught up with its vector"
+    view.apply("items", a, None)
+    assert a not in view.catalog and not view.catalog.has_vector(a)
+    view.apply("item-stats", b, {"item_id": b, "total": 7, "cooc": {a: 2.0}})
+    assert view.snapshot.popularity[b] == 7
+    stats = view.item_stats(b)
+    assert stats is not None and stats.cooc == {a: 2.0}
+    view.apply("item-stats", b, None)
+    assert view.item_stats(b) is None and b not in view.snapshot.popularity
 
 
-async def test_refresh_snapshot_counts_popularity_and_trending() -> None:
+async def test_refresh_snapshot_counts_trending_in_the_window() -> None:
     old, new = fresh("old"), fresh("new")
     latest = 500_000
     window_buckets = int(settings.trending_window_s // BUCKET_S)
-    item_stats.data[old] = {"item_id": old, "total": 50, "buckets": {str(latest - window_buckets): 50}}
-    item_stats.data[new] = {"item_id": new, "total": 3, "buckets": {str(latest): 2, str(latest - 1): 1}}
-    saved = (runtime.snapshot.popularity, runtime.snapshot.trending, runtime.snapshot.watermark)
+    saved_stats = dict(runtime.item_view.stats)
+    saved = (dict(runtime.snapshot.popularity), runtime.snapshot.trending, runtime.snapshot.watermark)
     try:
+        runtime.item_view.apply(
+            "item-stats", old, {"item_id": old, "total": 50, "buckets": {str(latest - window_buckets): 50}}
+        )
+        runtime.item_view.apply(
+            "item-stats", new, {"item_id": new, "total": 3, "buckets": {str(latest): 2, str(latest - 1): 1}}
+        )
         await refresh_snapshot_once()
         assert runtime.snapshot.popularity[old] == 50
         assert runtime.snapshot.popularity[new] == 3
@@ -580,6 +586,6 @@ async def test_refresh_snapshot_counts_popularity_and_trending() -> None:
         assert old not in runtime.snapshot.trending  # its only bucket is just outside the window
         assert runtime.snapshot.watermark >= (latest + 1) * BUCKET_S
     finally:
-        item_stats.data.pop(old, None)
-        item_stats.data.pop(new, None)
+        runtime.item_view.stats.clear()
+        runtime.item_view.stats.update(saved_stats)
         runtime.snapshot.popularity, runtime.snapshot.trending, runtime.snapshot.watermark = saved
