@@ -10,6 +10,10 @@ from stream.settings import Settings
 from workers.kafka_clients import ensure_topics
 
 
+# Faust's names for the levels in stream.settings.
+FAUST_LOG_LEVELS = {"debug": "debug", "info": "info", "warning": "warn", "error": "error"}
+
+
 def run_worker(settings: Settings) -> None:
     asyncio.run(ensure_topics(settings))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -21,7 +25,7 @@ def run_worker(settings: Settings) -> None:
         "uvloop",
         "worker",
         "--loglevel",
-        settings.log_level,
+        FAUST_LOG_LEVELS[settings.log_level],
         "--web-bind",
         settings.web_host,
         "--web-host",

@@ -22,6 +22,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 
+from stream.features import N_FEATURES
 from stream.settings import ROOT, Settings, load_settings
 from workers.model.runner import model_env_vars, model_python
 from workers.stack import triton
@@ -40,13 +41,20 @@ def _model_ready(settings: Settings, model: str) -> bool:
         return False
 
 
+def _serves_this_contract(settings: Settings) -> bool:
+    """The stack's ``ranker`` was loaded with this checkout's feature width (not an older build)."""
+    inputs: list[dict[str, Any]] = list(triton.model_config(settings, "ranker").get("input", []))  # type: ignore[call-overload]
+    widths = [int(i["dims"][0]) for i in inputs if i.get("name") == "FEATURES"]
+    return widths == [N_FEATURES]
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     missing = [n for n in NEEDED if not (RANKER / VERSION / n).exists()]
     if missing:
         pytest.skip(f"ranker not built ({missing}): run python -m workers.model.build")
     main = load_settings()
-    if triton.ready(main) and _model_ready(main, "ranker"):
+    if triton.ready(main) and _model_ready(main, "ranker") and _serves_this_contract(main):
         yield main
         return
     repo = tmp_path_factory.mktemp("ranker-repo")
@@ -90,7 +98,7 @@ def rows(n: int, seed: int) -> list[dict]:
         {
             "query": query,
             "item": f"Movie {rng.randint(1, 30)} (19{rng.randint(70, 99)}). {', '.join(rng.sample(genres, 2))}.",
-            "features": [round(rng.random(), 4) for _ in range(8)],
+            "features": [round(rng.random(), 4) for _ in range(N_FEATURES)],
         }
         for _ in range(n)
     ]
@@ -146,7 +154,7 @@ async def test_concurrent_requests_are_answered_separately(server: Settings) -> 
 def test_a_malformed_request_gets_an_error(server: Settings) -> None:
     batch = rows(3, seed=5)
     bad = inputs(batch)
-    bad[2].set_data_from_numpy(np.full((3, 8), np.nan, dtype=np.float32))
+    bad[2].set_data_from_numpy(np.full((3, N_FEATURES), np.nan, dtype=np.float32))
     with (
         grpcclient.InferenceServerClient(server.triton_grpc_url) as client,
         pytest.raises(Exception, match="NaN"),

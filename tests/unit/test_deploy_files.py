@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -38,15 +39,20 @@ WORKER_METRICS: dict[str, set[str]] = {
     "streamrec_e2e_latency_seconds": set(),
     "streamrec_ranker_latency_seconds": set(),
     "streamrec_ranker_batch_size": set(),
-    "streamrec_breaker_state": set(),
+    "streamrec_ingest_batch_size": set(),
+    "streamrec_breaker_state": {"model"},
     "streamrec_table_size": {"table"},
     "streamrec_consumer_lag": {"topic", "partition"},
     "streamrec_erasures_total": set(),
+    "streamrec_model_version": {"model"},
+    "streamrec_impressions_total": {"variant"},
+    "streamrec_explored_items_total": {"variant"},
 }
 HISTOGRAMS = {
     "streamrec_e2e_latency_seconds",
     "streamrec_ranker_latency_seconds",
     "streamrec_ranker_batch_size",
+    "streamrec_ingest_batch_size",
 }
 TRITON_METRICS = {
     "nv_inference_request_success",
@@ -55,10 +61,11 @@ TRITON_METRICS = {
     "nv_inference_compute_infer_duration_us",
     "nv_inference_count",
     "nv_inference_exec_count",
+    "nv_inference_pending_request_count",
 }
 # Labels Prometheus attaches to every scraped series, plus Triton's own.
 TARGET_LABELS = {"job", "instance"}
-TRITON_LABELS = {"model", "version", "gpu_uuid"}
+TRITON_LABELS = {"model", "version", "gpu_uuid", "reason"}
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -204,12 +211,13 @@ def test_compose_triton_serves_the_ports_the_worker_uses(
     assert f":{settings.triton_http_port}/v2/health/ready" in health
 
 
-def test_compose_triton_mounts_model_repo_and_reserves_a_gpu(services: dict[str, Any]) -> None:
+def test_compose_triton_mounts_the_gpu_repository_and_reserves_a_gpu(services: dict[str, Any]) -> None:
     triton = services["triton"]
     flags = _flags(list(triton["command"]))
     mounts = [str(v).split(":") for v in triton["volumes"]]
-    assert ["./model_repo", flags["model-repository"], "ro"] in mounts
-    assert (ROOT / "model_repo").is_dir()
+    # The GPU repository (TensorRT plan + python models; tests/unit/test_gpu_repository.py).
+    assert ["./deploy/gpu/model_repo", flags["model-repository"], "ro"] in mounts
+    assert (ROOT / "deploy" / "gpu" / "model_repo" / "ranker" / "config.pbtxt").is_file()
     devices = triton["deploy"]["resources"]["reservations"]["devices"]
     assert any(
         d["driver"] == "nvidia" and d["count"] == 1 and d["capabilities"] == ["gpu"] for d in devices
@@ -380,6 +388,87 @@ def test_grafana_provisioning(services: dict[str, Any]) -> None:
     providers = _load(GRAFANA / "provisioning" / "dashboards" / "streamrec.yml")["providers"]
     assert [p["options"]["path"] for p in providers] == [mounts["./deploy/grafana/dashboards"]]
     assert (GRAFANA / "dashboards").is_dir()
+
+
+# --- deploy/grafana/dashboards/ --------------------------------------------------------------
+
+DASHBOARD = GRAFANA / "dashboards" / "streamrec.json"
+
+
+@pytest.fixture(scope="module")
+def dashboard() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return data
+
+
+def dashboard_targets(dashboard: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(panel title, target) for every query of every panel, rows' nested panels included."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    for panel in dashboard["panels"]:
+        for inner in [panel, *panel.get("panels", [])]:
+            out.extend((inner["title"], target) for target in inner.get("targets", []))
+    return out
+
+
+def test_dashboard_structure(dashboard: dict[str, Any]) -> None:
+    datasources = _load(GRAFANA / "provisioning" / "datasources" / "prometheus.yml")["datasources"]
+    uids = {d["uid"] for d in datasources if d["type"] == "prometheus"}
+    assert dashboard["uid"] and dashboard["title"]
+    panels = dashboard["panels"]
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    cells: set[tuple[int, int]] = set()
+    for panel in panels:
+        pos = panel["gridPos"]
+        assert pos["x"] >= 0 and pos["x"] + pos["w"] <= 24, panel["title"]
+        area = {
+            (x, y) for x in range(pos["x"], pos["x"] + pos["w"]) for y in range(pos["y"], pos["y"] + pos["h"])
+        }
+        assert not area & cells, f"{panel['title']} overlaps another panel"
+        cells |= area
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"]["uid"] in uids, panel["title"]
+        targets = panel["targets"]
+        assert targets, panel["title"]
+        assert len({t["refId"] for t in targets}) == len(targets), panel["title"]
+        for target in targets:
+            assert target["datasource"]["uid"] in uids
+            assert target["expr"].strip()
+
+
+_BY = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
+
+
+def test_dashboard_uses_only_exported_metrics_and_labels(dashboard: dict[str, Any]) -> None:
+    for title, target in dashboard_targets(dashboard):
+        expr = target["expr"]
+        selectors = promql_selectors(expr)
+        assert selectors, f"{title}: no metric in {expr}"
+        known_labels: set[str] = set()
+        for name, labels in selectors:
+            known = _known_labels(name)
+            assert known is not None, f"{title}: unknown metric {name}"
+            assert labels <= known, f"{title}: {name} has no label {labels - known}"
+            known_labels |= known
+        grouped = {
+            label.strip() for m in _BY.finditer(expr) for label in m.group(1).split(",") if label.strip()
+        }
+        assert grouped <= known_labels, f"{title}: grouping by unknown labels {grouped - known_labels}"
+        legend = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", target.get("legendFormat", "")))
+        assert legend <= grouped, f"{title}: legend uses {legend - grouped}, not kept by the aggregation"
+
+
+def test_dashboard_covers_the_ops_view(dashboard: dict[str, Any]) -> None:
+    used = {
+        name for _, target in dashboard_targets(dashboard) for name, _ in promql_selectors(target["expr"])
+    }
+    worker = {re.sub(r"_(bucket|sum|count)$", "", n) for n in used if n.startswith("streamrec_")}
+    assert worker == set(WORKER_METRICS), f"not on the dashboard: {set(WORKER_METRICS) - worker}"
+    assert used >= TRITON_METRICS, f"not on the dashboard: {TRITON_METRICS - used}"
+    exprs = " ".join(target["expr"] for _, target in dashboard_targets(dashboard))
+    for phi in ("0.5", "0.95", "0.99"):
+        assert f"histogram_quantile({phi}, sum by (le) (rate(streamrec_e2e_latency_seconds_bucket" in exprs
 
 
 # --- deploy/k8s/ -----------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from stream.features import N_FEATURES
 from stream.settings import ROOT
 from workers.model.runner import ModelEnvMissing, model_env_vars, model_python
 
@@ -55,11 +56,11 @@ def test_served_head_matches_training_head() -> None:
     tree = ast.parse(source)
     wanted = {"head_forward", "load_head"}
     nodes: list[ast.stmt] = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in wanted]
-    namespace: dict = {"np": np, "json": json, "N_FEATURES": 8}
+    namespace: dict = {"np": np, "json": json}
     exec(compile(ast.Module(body=nodes, type_ignores=[]), "model.py", "exec"), namespace)
     path = ROOT / "model_repo" / "ranker" / "1" / "head.json"
     if not path.exists():
         pytest.skip("no head.json")
-    x = np.random.default_rng(0).random((20, 9), dtype=np.float32)
-    served = namespace["head_forward"](namespace["load_head"](path), x)
+    x = np.random.default_rng(0).random((20, N_FEATURES + 1), dtype=np.float32)
+    served = namespace["head_forward"](namespace["load_head"](path, N_FEATURES), x)
     np.testing.assert_allclose(served, head_mod.forward(head_mod.load(path), x), atol=1e-6)

@@ -15,7 +15,6 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 from tokenizers import Tokenizer
 
-N_FEATURES = 8
 EMBED_DIM = 384
 
 
@@ -28,14 +27,19 @@ def head_forward(head, x):
     return (h @ head["w2"] + head["b2"]).astype(np.float32)
 
 
-def load_head(path):
+def load_head(path, n_features):
     with open(path, encoding="utf-8") as fh:
         body = json.load(fh)
     head = {k: np.asarray(body[k], dtype=np.float32) for k in ("w1", "b1", "w2")}
     head["b2"] = np.float32(body["b2"])
-    if head["w1"].shape[0] != N_FEATURES + 1:
-        raise ValueError(f"head expects {head['w1'].shape[0]} inputs, the model gives {N_FEATURES + 1}")
+    if head["w1"].shape[0] != n_features + 1:
+        raise ValueError(f"head expects {head['w1'].shape[0]} inputs, the model gives {n_features + 1}")
     return head
+
+
+def input_width(config, name):
+    """The per-row width of input ``name`` (FEATURES: len(stream.features.FEATURE_NAMES))."""
+    return next(int(i["dims"][0]) for i in config["input"] if i["name"] == name)
 
 
 class LRU:
@@ -74,7 +78,8 @@ class TritonPythonModel:
         # embedding independent of its batch neighbours (and equal to the offline evaluation's).
         default_chunk = "1" if "int8" in params.get("onnx_file", "encoder.int8.onnx") else "64"
         self.chunk = int(params.get("embed_batch", default_chunk))
-        self.head = load_head(os.path.join(here, "head.json"))
+        self.n_features = input_width(config, "FEATURES")
+        self.head = load_head(os.path.join(here, "head.json"), self.n_features)
         self.items = LRU(int(params.get("item_cache_size", "8192")))
         self.queries = LRU(int(params.get("query_cache_size", "1024")))
 
@@ -121,7 +126,7 @@ class TritonPythonModel:
                 queries = decode_texts(pb_utils.get_input_tensor_by_name(request, "QUERY").as_numpy())
                 items = decode_texts(pb_utils.get_input_tensor_by_name(request, "ITEM").as_numpy())
                 features = pb_utils.get_input_tensor_by_name(request, "FEATURES").as_numpy()
-                features = features.reshape(-1, N_FEATURES)
+                features = features.reshape(-1, self.n_features)
                 if not len(queries) == len(items) == len(features):
                     raise ValueError(f"QUERY/ITEM/FEATURES rows differ: {len(queries)}/{len(items)}/{len(features)}")
                 if not np.all(np.isfinite(features)):
