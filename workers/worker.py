@@ -9,7 +9,6 @@ import sys
 from stream.settings import Settings
 from workers.kafka_clients import ensure_topics
 
-
 # Faust's names for the levels in stream.settings.
 FAUST_LOG_LEVELS = {"debug": "debug", "info": "info", "warning": "warn", "error": "error"}
 
