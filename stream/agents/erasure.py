@@ -6,36 +6,36 @@ import time
 from typing import Any
 
 from stream.agents.events import forget_user, load_profile
-from stream.agents.topics import dead_letter, erasure_confirmations_topic, erasure_topic
+from stream.agents.topics import erasure_confirmations_topic, erasure_topic, valid
 from stream.app import app
 from stream.context import event_context
 from stream.profile import erased
-from stream.records import ErasureConfirmation, ErasureRequest, InvalidMessage, parse
+from stream.records import ErasureConfirmation, ErasureRequest
 from stream.runtime import metrics
 from stream.tables import erasures, profiles
 
 
 @app.agent(erasure_topic)
 async def erase_users(stream: Any) -> None:
-    async for event in stream.events():
-        try:
-            request = parse(ErasureRequest, event.message.value, event.message.key, key_field="user_id")
-        except InvalidMessage as exc:
-            dead_letter(event, exc.reason)
-            continue
-        erased_at = request.ts if request.ts is not None else time.time()
-        with event_context(event):
-            marker = erased(load_profile(request.user_id), erased_at)
-            # Deleting writes a tombstone to the changelog, so the erasure survives restarts and compaction;
-            # the marker (no behaviour, just offset and time) keeps replayed events from rebuilding it.
-            profiles.pop(request.user_id, None)
-            erasures[request.user_id] = {"events_offset": marker.events_offset, "erased_at": marker.erased_at}
-        forget_user(request.user_id)
-        metrics.erasures.inc()
-        confirmation = ErasureConfirmation(
-            user_id=request.user_id,
-            request_id=request.request_id,
-            erased_at=time.time(),
-            tables=["profiles"],
-        )
-        erasure_confirmations_topic.send_soon(key=request.user_id.encode(), value=confirmation.to_json())
+    async for batch in stream.take_events(100, within=0.5):
+        for event, request in valid(batch, ErasureRequest, key_field="user_id"):
+            erase(event, request)
+
+
+def erase(event: Any, request: ErasureRequest) -> None:
+    erased_at = request.ts if request.ts is not None else time.time()
+    with event_context(event):
+        marker = erased(load_profile(request.user_id), erased_at)
+        # Deleting writes a tombstone to the changelog, so the erasure survives restarts and compaction;
+        # the marker (no behaviour, just offset and time) keeps replayed events from rebuilding it.
+        profiles.pop(request.user_id, None)
+        erasures[request.user_id] = {"events_offset": marker.events_offset, "erased_at": marker.erased_at}
+    forget_user(request.user_id)
+    metrics.erasures.inc()
+    confirmation = ErasureConfirmation(
+        user_id=request.user_id,
+        request_id=request.request_id,
+        erased_at=time.time(),
+        tables=["profiles"],
+    )
+    erasure_confirmations_topic.send_soon(key=request.user_id.encode(), value=confirmation.to_json())

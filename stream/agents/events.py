@@ -7,12 +7,12 @@ from typing import Any
 
 import orjson
 
-from stream.agents.topics import dead_letter, events_topic, item_activity_topic, queries_topic
+from stream.agents.topics import events_topic, item_activity_topic, queries_topic, valid
 from stream.app import app, settings
 from stream.context import event_context
 from stream.itemstats import Activity, activities_for
 from stream.profile import Profile, update_profile
-from stream.records import Event, InvalidMessage, Query, parse
+from stream.records import Event, Query
 from stream.runtime import catalog, metrics
 from stream.tables import erasures, profiles
 
@@ -37,12 +37,7 @@ async def ingest_events(stream: Any) -> None:
         activities: dict[str, list[Activity]] = defaultdict(list)
         # Fold each user's events in order, then write each touched profile once per batch.
         touched: dict[str, tuple[Any, Profile]] = {}
-        for event in batch:
-            try:
-                record = parse(Event, event.message.value, event.message.key, key_field="user_id")
-            except InvalidMessage as exc:
-                dead_letter(event, exc.reason)
-                continue
+        for event, record in valid(batch, Event, key_field="user_id"):
             with event_context(event):
                 before = (
                     touched[record.user_id][1] if record.user_id in touched else load_profile(record.user_id)

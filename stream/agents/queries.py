@@ -8,11 +8,11 @@ from typing import Any
 import orjson
 
 from stream.agents.events import load_profile
-from stream.agents.topics import dead_letter, queries_topic, recommendations_topic
+from stream.agents.topics import dead_letter, queries_topic, recommendations_topic, valid
 from stream.app import app, settings
 from stream.context import event_context
 from stream.profile import Profile, record_query
-from stream.records import InvalidMessage, Query, parse
+from stream.records import Query
 from stream.runtime import metrics, recommender
 from stream.tables import profiles
 
@@ -33,12 +33,7 @@ async def answer_queries(stream: Any) -> None:
     async for batch in stream.take_events(settings.query_batch_max, within=settings.query_batch_within_s):
         requests: list[tuple[Query, Profile]] = []
         refreshes: list[tuple[Query, Profile]] = []
-        for event in batch:
-            try:
-                query = parse(Query, event.message.value, event.message.key, key_field="user_id")
-            except InvalidMessage as exc:
-                dead_letter(event, exc.reason)
-                continue
+        for event, query in valid(batch, Query, key_field="user_id"):
             with event_context(event):
                 profile = load_profile(query.user_id)
                 if query.text:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import base64
 import logging
 import time
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
 
 from stream.app import app, settings
 from stream.metrics import reason_label
-from stream.records import DeadLetter
+from stream.records import Contract, DeadLetter, InvalidMessage, parse
 from stream.runtime import metrics
 from stream.topics import TOPIC_SPECS
 
@@ -37,6 +38,18 @@ dead_letters_topic = _topic("dead-letters")
 erasure_topic = _topic("user-erasure")
 erasure_confirmations_topic = _topic("user-erasure-confirmations")
 item_activity_topic = _topic("item-activity")
+
+
+M = TypeVar("M", bound=Contract)
+
+
+def valid(events: Iterable[Any], model: type[M], key_field: str) -> Iterator[tuple[Any, M]]:
+    """(event, record) for each message that satisfies ``model``; the others go to dead-letters."""
+    for event in events:
+        try:
+            yield event, parse(model, event.message.value, event.message.key, key_field=key_field)
+        except InvalidMessage as exc:
+            dead_letter(event, exc.reason)
 
 
 def dead_letter(event: Any, reason: str) -> None:
