@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from typing import Any
 
 import numpy as np
@@ -82,26 +83,43 @@ class ChangelogFollower:
     def __init__(self, settings: Settings, view: ItemView) -> None:
         self.settings = settings
         self.view = view
-        self.caught_up = asyncio.Event()
+        self.caught_up = threading.Event()
+        self.positions: dict[TopicPartition, int] = {}  # next offset to read, kept across preload → run
         self._topics = {f"{settings.app_id}-{t}-changelog": t for t in TABLES}
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def preload(self) -> None:
+        """Read what the changelogs hold now, before the worker starts: events applied right after a
+        restart must see the catalog (their genres go into the profile). The changelogs must exist
+        (a first start has nothing to preload)."""
+        await self.run(asyncio.Event(), first_start_waits=False, until_caught_up=True)
+
+    async def run(
+        self, stop: asyncio.Event, first_start_waits: bool = True, until_caught_up: bool = False
+    ) -> None:
         consumer = AIOKafkaConsumer(**client_kwargs(self.settings), group_id=None, enable_auto_commit=False)
         await consumer.start()
         try:
-            partitions = await self._partitions(consumer, stop)
+            partitions = await self._partitions(consumer, stop, wait=first_start_waits)
+            if not partitions:
+                self.caught_up.set()
+                return
             consumer.assign(partitions)
-            await consumer.seek_to_beginning(*partitions)
+            for tp in partitions:
+                if tp in self.positions:
+                    consumer.seek(tp, self.positions[tp])
+                else:
+                    await consumer.seek_to_beginning(tp)
             ends = await consumer.end_offsets(partitions)
-            pending = {tp for tp in partitions if ends[tp] > 0}
+            pending = {tp for tp in partitions if ends[tp] > self.positions.get(tp, 0)}
             if not pending:
                 self.caught_up.set()
-            while not stop.is_set():
+            while not stop.is_set() and not (until_caught_up and self.caught_up.is_set()):
                 batch = await consumer.getmany(timeout_ms=200, max_records=5000)
                 for tp, messages in batch.items():
                     table = self._topics[tp.topic]
                     for msg in messages:
                         self._apply(table, msg.key, msg.value)
+                    self.positions[tp] = messages[-1].offset + 1
                 if not self.caught_up.is_set():
                     for tp in list(pending):
                         if await consumer.position(tp) >= ends[tp]:
@@ -121,12 +139,16 @@ class ChangelogFollower:
         except (orjson.JSONDecodeError, ValueError, KeyError, TypeError) as exc:
             log.warning("skipping unreadable %s changelog record %r: %s", table, key[:64], exc)
 
-    async def _partitions(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> list[TopicPartition]:
-        """The changelog topics' partitions, waiting for Faust to have created them."""
+    async def _partitions(
+        self, consumer: AIOKafkaConsumer, stop: asyncio.Event, wait: bool = True
+    ) -> list[TopicPartition]:
+        """The changelog topics' partitions; with ``wait``, until Faust has created them."""
         while not stop.is_set():
             await consumer._client.force_metadata_update()  # a fresh topic's metadata
             found = {t: consumer.partitions_for_topic(t) for t in self._topics}
             if all(found.values()):
                 return [TopicPartition(t, p) for t, ps in found.items() for p in sorted(ps or ())]
+            if not wait:
+                return []
             await asyncio.sleep(0.5)
         return []

@@ -58,6 +58,7 @@ class ItemViewService(faust.Service):
     """Follows the item tables' changelogs for as long as the worker runs."""
 
     async def on_start(self) -> None:
+        follower.caught_up.clear()  # the run below continues from where the preload stopped
         self._stop = asyncio.Event()
         self._task = asyncio.create_task(follower.run(self._stop))
 

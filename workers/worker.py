@@ -17,6 +17,10 @@ def run_worker(settings: Settings) -> None:
     asyncio.run(ensure_topics(settings))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from stream.app import app  # imported late: building the app reads settings and opens no sockets
+    from stream.runtime import follower
+
+    # The item view first, so that the first events after a restart see the whole catalog.
+    asyncio.run(follower.preload())
 
     sys.argv = [
         "streamrec-worker",

@@ -67,12 +67,23 @@ def test_kill_9_mid_replay_restores_state_and_answers_every_query(
     assert not sender.is_alive()
 
     queries = {m.request_id for m in replay.stream if isinstance(m, Query)}
-    wait_for(
-        lambda: queries <= {r["request_id"] for r in read_json_topic(isolated, "recommendations")},
-        timeout_s=180,
-        interval_s=2,
-        what="every query answered after the restart",
-    )
+    try:
+        wait_for(
+            lambda: queries <= {r["request_id"] for r in read_json_topic(isolated, "recommendations")},
+            timeout_s=180,
+            interval_s=2,
+            what="every query answered after the restart",
+        )
+    except TimeoutError:
+        answered = {r["request_id"] for r in read_json_topic(isolated, "recommendations")}
+        sent = {
+            json.loads(m.value)["request_id"]: (m.partition, m.offset)
+            for m in asyncio.run(read_topic(isolated, isolated.topic("queries")))
+        }
+        missing = sorted(queries - answered)
+        raise AssertionError(
+            f"unanswered: {[(q, sent.get(q)) for q in missing]}; dead letters: {read_json_topic(isolated, 'dead-letters')[:3]}"
+        ) from None
     items = {i.item_id: i for i in replay.items}
     expected = expected_profiles(isolated, items)
     assert len(expected) >= 30
