@@ -30,6 +30,13 @@ class Metrics:
     model_version: Gauge
     impressions: Counter
     explored: Counter
+    coverage: Gauge
+    feedback_closed: Counter
+    feedback_clicked: Counter
+    feedback_converted: Counter
+    feedback_reciprocal_rank: Counter
+    feedback_outcomes: Counter
+    training_examples: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -92,6 +99,47 @@ class Metrics:
                 f"{p}explored_items",
                 "Items shown by the exploration policy instead of the ranking, per A/B variant",
                 ["variant"],
+                registry=r,
+            ),
+            coverage=Gauge(
+                f"{p}coverage_items",
+                "Distinct items shown per A/B variant since the worker started",
+                ["variant"],
+                registry=r,
+            ),
+            # Online A/B metrics, counted when an impression's feedback window closes: CTR = clicked /
+            # closed, conversion = converted / closed, MRR = reciprocal_rank_sum / closed.
+            feedback_closed=Counter(
+                f"{p}feedback_impressions",
+                "Impressions whose feedback window closed",
+                ["variant"],
+                registry=r,
+            ),
+            feedback_clicked=Counter(
+                f"{p}feedback_clicked", "Closed impressions with at least one click", ["variant"], registry=r
+            ),
+            feedback_converted=Counter(
+                f"{p}feedback_converted",
+                "Closed impressions with an add-to-cart or purchase of a shown item",
+                ["variant"],
+                registry=r,
+            ),
+            feedback_reciprocal_rank=Counter(
+                f"{p}feedback_reciprocal_rank_sum",
+                "Sum over closed impressions of 1 / rank of the first clicked item",
+                ["variant"],
+                registry=r,
+            ),
+            feedback_outcomes=Counter(
+                f"{p}feedback_outcomes",
+                "Behaviour events seen by the feedback join, by what became of them",
+                ["result"],
+                registry=r,
+            ),
+            training_examples=Counter(
+                f"{p}training_examples",
+                "Labelled examples written to training-examples",
+                ["label"],
                 registry=r,
             ),
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -16,13 +17,15 @@ from stream.exploration import explore
 from stream.itemstats import ItemStats
 from stream.metrics import Metrics
 from stream.profile import Profile, recent_titles
-from stream.records import ModelInfo, Query, Recommendation, RecommendedItem
+from stream.records import Impression, ModelInfo, Query, Recommendation, RecommendedItem, ShownItem
+from stream.registry import ModelRegistry
 from stream.rerank import rerank
 from stream.settings import Settings
 from stream.text import item_text, user_text
 from workers.ranker_client import RankerClient, RankerUnavailable, RankRequest
 
 FALLBACK_MODEL = ModelInfo(name="fallback-blend", version="1")
+COVERAGE_TRACKED_MAX = 1_000_000  # distinct shown items tracked per variant (bounds memory)
 
 
 @dataclass
@@ -32,6 +35,14 @@ class Snapshot:
     popularity: dict[str, int] = field(default_factory=dict)
     trending: dict[str, int] = field(default_factory=dict)
     watermark: float = 0.0  # the latest event time seen in the statistics
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A recommendation and its impression log entry (what was shown, and what the ranker saw)."""
+
+    recommendation: Recommendation
+    impression: Impression
 
 
 def request_deadline(timestamps: Sequence[float], budget_s: float) -> float:
@@ -51,8 +62,10 @@ class Recommender:
         snapshot: Snapshot,
         client: RankerClient,
         metrics: Metrics,
+        registry: ModelRegistry | None = None,
     ) -> None:
         self.settings = settings
+        self.registry = registry if registry is not None else ModelRegistry()
         self.catalog = catalog
         self.item_stats = item_stats
         self.snapshot = snapshot
@@ -60,10 +73,14 @@ class Recommender:
         self.metrics = metrics
         self.params = CandidateParams(limit=settings.candidates_max)
         self.experiment = Experiment(salt=settings.experiment_salt, variants=settings.variants)
+        self._shown_items: dict[str, set[str]] = {}
 
     async def recommend(
         self, requests: Sequence[tuple[Query, Profile]], trigger: str = "query"
     ) -> list[Recommendation]:
+        return [a.recommendation for a in await self.answer(requests, trigger)]
+
+    async def answer(self, requests: Sequence[tuple[Query, Profile]], trigger: str = "query") -> list[Answer]:
         if not requests:
             return []
         deadline = request_deadline([q.ts for q, _ in requests], self.settings.ranker_deadline_ms / 1000.0)
@@ -83,38 +100,83 @@ class Recommender:
             for query, profile in requests
         ]
         variants = [self.experiment.assign(query.user_id) for query, _ in requests]
+        contexts = [
+            user_text(query.text, recent_titles(profile, self.catalog.items), cands.top_genres)
+            for (query, profile), cands in zip(requests, sets, strict=True)
+        ]
         # A "fallback" arm is ranked by the blend on purpose: not sent to Triton, not a failure.
-        ranked = [r for r, v in enumerate(variants) if not v.arm.uses_fallback]
+        # The others are grouped by the ranker version their arm routes to: one packed call each.
+        groups: dict[str, list[int]] = {}
+        for r, v in enumerate(variants):
+            if not v.arm.uses_fallback:
+                version = self.registry.resolve(self.settings.ranker_model, v.arm.version)
+                groups.setdefault(version, []).append(r)
         scores: list[np.ndarray] = [c.fallback for c in sets]
-        model, cause = FALLBACK_MODEL, None
-        if ranked:
-            ranker_scores, model, cause = await self._score(
-                [requests[r] for r in ranked], [sets[r] for r in ranked], deadline
+        models: list[ModelInfo] = [FALLBACK_MODEL] * len(requests)
+        causes: list[str | None] = [None] * len(requests)
+        results = await asyncio.gather(
+            *(
+                self._score([contexts[r] for r in rows], [sets[r] for r in rows], deadline, version)
+                for version, rows in groups.items()
             )
-            for r, row in zip(ranked, ranker_scores, strict=True):
-                scores[r] = row
+        )
+        for rows, (ranker_scores, model, cause) in zip(groups.values(), results, strict=True):
+            for r, row in zip(rows, ranker_scores, strict=True):
+                scores[r], models[r], causes[r] = row, model, cause
+            if cause is not None:
+                self.metrics.fallbacks.labels(cause=cause).inc(len(rows))
         out = []
-        for (query, _), cands, row_scores, variant in zip(requests, sets, scores, variants, strict=True):
+        for r, ((query, _), cands, row_scores, variant) in enumerate(
+            zip(requests, sets, scores, variants, strict=True)
+        ):
             items, explored = self._shown(query, cands, row_scores, variant.arm)
             self.metrics.impressions.labels(variant=variant.name).inc(len(items))
             self.metrics.explored.labels(variant=variant.name).inc(int(explored))
+            self.metrics.coverage.labels(variant=variant.name).set(self._cover(variant.name, items))
             produced = time.time()
-            out.append(
-                Recommendation(
-                    request_id=query.request_id,
-                    user_id=query.user_id,
-                    items=items,
-                    model=FALLBACK_MODEL if variant.arm.uses_fallback else model,
-                    fallback=cause is not None and not variant.arm.uses_fallback,
-                    produced_at=produced,
-                    latency_ms=round(max(produced - query.ts, 0.0) * 1000.0, 3),
-                    trigger="event" if trigger == "event" else "query",
-                    variant=variant.name,
-                )
+            rec = Recommendation(
+                request_id=query.request_id,
+                user_id=query.user_id,
+                items=items,
+                model=models[r],
+                fallback=causes[r] is not None,
+                produced_at=produced,
+                latency_ms=round(max(produced - query.ts, 0.0) * 1000.0, 3),
+                trigger="event" if trigger == "event" else "query",
+                variant=variant.name,
             )
-        if cause is not None:
-            self.metrics.fallbacks.labels(cause=cause).inc(len(ranked))
+            out.append(Answer(rec, self._impression(rec, query, cands, contexts[r])))
         return out
+
+    def _cover(self, variant: str, items: Sequence[RecommendedItem]) -> int:
+        """Distinct items this variant has shown since the worker started (catalog coverage)."""
+        seen = self._shown_items.setdefault(variant, set())
+        if len(seen) < COVERAGE_TRACKED_MAX:
+            seen.update(i.item_id for i in items)
+        return len(seen)
+
+    @staticmethod
+    def _impression(rec: Recommendation, query: Query, cands: CandidateSet, context: str) -> Impression:
+        row = {c.signals.item_id: n for n, c in enumerate(cands.candidates)}
+        return Impression(
+            request_id=rec.request_id,
+            user_id=rec.user_id,
+            ts=query.ts,
+            variant=rec.variant,
+            model=rec.model,
+            fallback=rec.fallback,
+            context=context,
+            items=[
+                ShownItem(
+                    item_id=i.item_id,
+                    rank=i.rank,
+                    score=i.score,
+                    propensity=1.0 if i.propensity is None else i.propensity,
+                    features=[round(float(f), 6) for f in cands.features[row[i.item_id]]],
+                )
+                for i in rec.items
+            ],
+        )
 
     def _shown(
         self, query: Query, cands: CandidateSet, scores: np.ndarray, arm: Arm
@@ -149,23 +211,17 @@ class Recommender:
         return dict(zip(unique, vectors, strict=True))
 
     async def _score(
-        self,
-        requests: Sequence[tuple[Query, Profile]],
-        sets: list[CandidateSet],
-        deadline: float,
+        self, contexts: Sequence[str], sets: list[CandidateSet], deadline: float, version: str = ""
     ) -> tuple[list[np.ndarray], ModelInfo, str | None]:
         rank_requests = []
-        for (query, profile), cands in zip(requests, sets, strict=True):
-            titles = recent_titles(profile, self.catalog.items)
+        for context, cands in zip(contexts, sets, strict=True):
             texts = []
             for c in cands.candidates:
                 item = self.catalog.get(c.signals.item_id)
                 texts.append(item_text(item) if item is not None else c.signals.item_id)
-            rank_requests.append(
-                RankRequest(user_text(query.text, titles, cands.top_genres), texts, cands.features)
-            )
+            rank_requests.append(RankRequest(context, texts, cands.features))
         try:
-            result = await self.client.rank(rank_requests, deadline)
+            result = await self.client.rank(rank_requests, deadline, version)
         except RankerUnavailable as exc:
             return [c.fallback for c in sets], FALLBACK_MODEL, exc.cause
         self.metrics.model_version.labels(model=self.settings.ranker_model).set(

@@ -131,6 +131,78 @@ class Recommendation(Contract):
     trigger: Literal["query", "event"] = "query"
 
 
+Outcome = Literal["none", "view", "click", "add_to_cart", "purchase"]
+# How strong each outcome is: an example's label is the strongest outcome seen within the window.
+OUTCOME_STRENGTH: dict[str, int] = {"none": 0, "view": 1, "click": 2, "add_to_cart": 3, "purchase": 4}
+
+
+class ShownItem(Contract):
+    """One shown item as the ranker saw it: the logged features make the example trainable later
+    without recomputing them from state that has moved on (no training/serving skew)."""
+
+    item_id: str
+    rank: int
+    score: float
+    propensity: float = 1.0
+    features: list[float]  # stream.features.FEATURE_NAMES order
+
+
+class Impression(Contract):
+    """What was shown for one request: the impression log the feedback join reads (docs/learning-loop.md)."""
+
+    request_id: str
+    user_id: str
+    ts: float  # the request's time: outcomes count from here
+    variant: str
+    model: ModelInfo
+    fallback: bool
+    context: str  # the text the ranker read for the user (stream.text.user_text)
+    items: list[ShownItem]
+
+
+class TrainingExample(Contract):
+    """One shown item with its label, written when its impression's window closes."""
+
+    request_id: str
+    user_id: str
+    item_id: str
+    rank: int
+    score: float
+    propensity: float
+    features: list[float]
+    context: str
+    variant: str
+    model: ModelInfo
+    fallback: bool
+    shown_at: float
+    outcome: Outcome  # the strongest outcome within the window
+    outcome_at: float | None
+    label: int  # 1 when the outcome is a click or stronger
+
+    @property
+    def key(self) -> str:
+        return f"{self.request_id}:{self.item_id}"
+
+
+ModelStatus = Literal["promoted", "refused", "retired"]
+
+
+class ModelVersion(Contract):
+    """The model registry (compacted topic ``model-versions``, key ``<model>:<version>``): only a
+    ``promoted`` version is ever routed to."""
+
+    model: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
+    version: Annotated[str, Field(pattern=r"^[1-9][0-9]{0,8}$")]
+    status: ModelStatus
+    reason: str = ""
+    metrics: dict[str, float] = Field(default_factory=dict)
+    ts: float
+
+    @property
+    def key(self) -> str:
+        return f"{self.model}:{self.version}"
+
+
 class ErasureRequest(Contract):
     user_id: Id
     request_id: Id | None = None

@@ -18,6 +18,7 @@ from stream.catalog import CatalogIndex
 from stream.follower import ChangelogFollower, ItemView
 from stream.metrics import Metrics
 from stream.recommend import Recommender, Snapshot
+from stream.registry import ModelRegistry, RegistryFollower
 from workers.ranker_client import RankerClient
 
 
@@ -41,7 +42,9 @@ snapshot = Snapshot()
 item_view = ItemView(catalog, snapshot)
 follower = ChangelogFollower(settings, item_view)
 ranker_client = RankerClient(settings, metrics)
-recommender = Recommender(settings, catalog, item_view.item_stats, snapshot, ranker_client, metrics)
+registry = ModelRegistry()
+registry_follower = RegistryFollower(settings, registry)
+recommender = Recommender(settings, catalog, item_view.item_stats, snapshot, ranker_client, metrics, registry)
 
 
 PRODUCER_BUFFER_MAX = 20_000
@@ -61,6 +64,20 @@ class ItemViewService(faust.Service):
         follower.caught_up.clear()  # the run below continues from where the preload stopped
         self._stop = asyncio.Event()
         self._task = asyncio.create_task(follower.run(self._stop))
+
+    async def on_stop(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+@app.service
+class ModelRegistryService(faust.Service):
+    """Follows the model registry topic, so a promoted ranker version is routed to without a restart."""
+
+    async def on_start(self) -> None:
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(registry_follower.run(self._stop))
 
     async def on_stop(self) -> None:
         self._stop.set()

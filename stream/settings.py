@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from stream.experiment import DEFAULT_VARIANTS, FALLBACK_RANKER, LATEST, Variant, parse_variants
+from stream.experiment import DEFAULT_VARIANTS, FALLBACK_RANKER, Variant, parse_variants
 
 ROOT = Path(__file__).resolve().parent.parent
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -96,6 +96,13 @@ class Settings(BaseSettings):
     explore_epsilon: float = Field(default=0.0, ge=0.0, le=1.0)  # 0.0 = no exploration
     explore_slots: int = Field(default=1, ge=1, le=10)  # how many of the last top-k slots may explore
 
+    # The learning loop (docs/learning-loop.md).
+    impressions_enabled: bool = True
+    feedback_window_s: float = Field(default=1800.0, gt=0)  # outcomes count this long after an impression
+    feedback_grace_s: float = Field(default=60.0, ge=0)  # allowed lateness before a window closes
+    feedback_max_open: int = Field(default=50, ge=1, le=1000)  # open impressions kept per user
+    feedback_sweep_s: float = Field(default=5.0, gt=0)  # how often idle users' windows are closed
+
     # --- paths ---
     cache_dir: Path = Path.home() / ".cache" / "streamrec"
     run_dir: Path = ROOT / ".run"
@@ -133,14 +140,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _variants_routable(self) -> Settings:
-        # Until per-variant model routing lands (issue 8, hot swap), an arm may only choose the
-        # configured ranker's latest version or the fallback blend.
+        # An arm routes to a version of the configured ranker (stream/registry.py) or to the fallback
+        # blend; a second ranker model would need its own client and breaker.
         for v in self.variants:
-            if v.arm.ranker not in (None, self.ranker_model, FALLBACK_RANKER) or v.arm.version != LATEST:
+            if v.arm.ranker not in (None, self.ranker_model, FALLBACK_RANKER):
                 raise ValueError(
-                    f"STREAMREC_VARIANTS: variant {v.name!r} asks for ranker {v.arm.ranker!r} version "
-                    f"{v.arm.version!r}; only STREAMREC_RANKER_MODEL ({self.ranker_model!r}) at 'latest' "
-                    f"or {FALLBACK_RANKER!r} can be served yet"
+                    f"STREAMREC_VARIANTS: variant {v.name!r} asks for ranker {v.arm.ranker!r}; only "
+                    f"STREAMREC_RANKER_MODEL ({self.ranker_model!r}) or {FALLBACK_RANKER!r} can be served"
                 )
         return self
 

@@ -17,3 +17,7 @@ erasures = app.Table("erasures", default=None, key_type=str)
 items = app.Table("items", default=None, key_type=str)
 item_vectors = app.Table("item-vectors", default=None, key_type=str)
 item_stats = app.Table("item-stats", default=None, key_type=str)
+
+# The feedback join's state per user (stream/feedback.py): open impressions and their outcomes so
+# far, partitioned like ``events`` and ``queries`` (key: user_id).
+feedback = app.Table("feedback", default=None, key_type=str)

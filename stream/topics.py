@@ -29,6 +29,11 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
     TopicSpec("user-erasure", {"retention.ms": str(30 * DAY_MS)}),
     TopicSpec("user-erasure-confirmations", {"retention.ms": str(30 * DAY_MS)}),
     TopicSpec("item-activity", {"retention.ms": str(1 * DAY_MS)}),
+    # The learning loop (docs/learning-loop.md): keyed by user_id like events, so the join is local.
+    TopicSpec("impressions", {"retention.ms": str(7 * DAY_MS)}),
+    TopicSpec("training-examples", {"retention.ms": str(30 * DAY_MS)}),
+    # The model registry: one partition, compacted, read in full by every worker.
+    TopicSpec("model-versions", {"cleanup.policy": "compact"}, partitions=1),
 )
 
 

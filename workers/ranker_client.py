@@ -97,8 +97,10 @@ class RankerClient:
         result, _ = await self._infer(self.settings.encoder_model, [inp], "EMBEDDING", deadline)
         return result
 
-    async def rank(self, requests: Sequence[RankRequest], deadline: float) -> RankResult:
-        """Scores for each request's rows; requests are packed into Triton calls of bounded size."""
+    async def rank(self, requests: Sequence[RankRequest], deadline: float, version: str = "") -> RankResult:
+        """Scores for each request's rows; requests are packed into Triton calls of bounded size.
+
+        ``version`` is the ranker version to ask for ("" = the one Triton's config serves)."""
         rows_q: list[str] = []
         rows_i: list[str] = []
         feats: list[np.ndarray] = []
@@ -114,7 +116,9 @@ class RankerClient:
         features = np.concatenate(feats)
         chunk = self.settings.ranker_max_rows
         calls = [
-            self._rank_rows(rows_q[s : s + chunk], rows_i[s : s + chunk], features[s : s + chunk], deadline)
+            self._rank_rows(
+                rows_q[s : s + chunk], rows_i[s : s + chunk], features[s : s + chunk], deadline, version
+            )
             for s in range(0, len(rows_q), chunk)
         ]
         results = await asyncio.gather(*calls)
@@ -127,7 +131,7 @@ class RankerClient:
         return RankResult(out, version)
 
     async def _rank_rows(
-        self, queries: list[str], items: list[str], features: np.ndarray, deadline: float
+        self, queries: list[str], items: list[str], features: np.ndarray, deadline: float, version: str = ""
     ) -> tuple[np.ndarray, str]:
         q = np.array([[t.encode("utf-8")] for t in queries], dtype=object)
         i = np.array([[t.encode("utf-8")] for t in items], dtype=object)
@@ -140,10 +144,10 @@ class RankerClient:
         inputs[1].set_data_from_numpy(i)
         inputs[2].set_data_from_numpy(np.ascontiguousarray(features, dtype=np.float32))
         self.metrics.ranker_batch.observe(len(queries))
-        return await self._infer(self.settings.ranker_model, inputs, "SCORE", deadline)
+        return await self._infer(self.settings.ranker_model, inputs, "SCORE", deadline, version)
 
     async def _infer(
-        self, model: str, inputs: list[grpcclient.InferInput], output: str, deadline: float
+        self, model: str, inputs: list[grpcclient.InferInput], output: str, deadline: float, version: str = ""
     ) -> tuple[np.ndarray, str]:
         if self._client is None:
             raise RankerUnavailable("not_started")
@@ -164,6 +168,7 @@ class RankerClient:
                     result = await self._client.infer(
                         model,
                         inputs,
+                        model_version=version,
                         outputs=[grpcclient.InferRequestedOutput(output)],
                         client_timeout=left,
                     )

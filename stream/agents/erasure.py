@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from stream.agents import feedback as feedback_join
 from stream.agents.events import forget_user, load_profile
 from stream.agents.topics import erasure_confirmations_topic, erasure_topic, valid
 from stream.app import app
@@ -30,12 +31,13 @@ def erase(event: Any, request: ErasureRequest) -> None:
         # the marker (no behaviour, just offset and time) keeps replayed events from rebuilding it.
         profiles.pop(request.user_id, None)
         erasures[request.user_id] = {"events_offset": marker.events_offset, "erased_at": marker.erased_at}
+        feedback_join.forget_user(request.user_id)
     forget_user(request.user_id)
     metrics.erasures.inc()
     confirmation = ErasureConfirmation(
         user_id=request.user_id,
         request_id=request.request_id,
         erased_at=time.time(),
-        tables=["profiles"],
+        tables=["profiles", "feedback"],
     )
     erasure_confirmations_topic.send_soon(key=request.user_id.encode(), value=confirmation.to_json())

@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 
+from stream.agents.feedback import apply_outcomes
 from stream.agents.topics import events_topic, item_activity_topic, queries_topic, valid
 from stream.app import app, settings
 from stream.context import event_context
@@ -37,7 +38,9 @@ async def ingest_events(stream: Any) -> None:
         activities: dict[str, list[Activity]] = defaultdict(list)
         # Fold each user's events in order, then write each touched profile once per batch.
         touched: dict[str, tuple[Any, Profile]] = {}
+        outcomes: list[tuple[Any, Event]] = []
         for event, record in valid(batch, Event, key_field="user_id"):
+            outcomes.append((event, record))
             with event_context(event):
                 before = (
                     touched[record.user_id][1] if record.user_id in touched else load_profile(record.user_id)
@@ -56,6 +59,7 @@ async def ingest_events(stream: Any) -> None:
         for user_id, (event, profile) in touched.items():
             with event_context(event):
                 profiles[user_id] = profile.to_dict()
+        apply_outcomes(outcomes)
         for item_id, acts in activities.items():
             item_activity_topic.send_soon(
                 key=item_id.encode(), value=orjson.dumps([a.to_dict() for a in acts])

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 
 from stream.agents.events import load_profile
+from stream.agents.feedback import open_impressions
 from stream.agents.topics import dead_letter, queries_topic, recommendations_topic, valid
 from stream.app import app, settings
 from stream.context import event_context
@@ -33,7 +34,9 @@ async def answer_queries(stream: Any) -> None:
     async for batch in stream.take_events(settings.query_batch_max, within=settings.query_batch_within_s):
         requests: list[tuple[Query, Profile]] = []
         refreshes: list[tuple[Query, Profile]] = []
+        origin: dict[str, Any] = {}
         for event, query in valid(batch, Query, key_field="user_id"):
+            origin[query.request_id] = event
             with event_context(event):
                 profile = load_profile(query.user_id)
                 if query.text:
@@ -43,9 +46,9 @@ async def answer_queries(stream: Any) -> None:
             target.append((query, profile))
         metrics.queries.inc(len(requests) + len(refreshes))
         try:
-            recs = [
-                *(await recommender.recommend(requests)),
-                *(await recommender.recommend(refreshes, trigger="event")),
+            answers = [
+                *(await recommender.answer(requests)),
+                *(await recommender.answer(refreshes, trigger="event")),
             ]
         except Exception as exc:
             # A bug must not kill the agent or lose the requests: they go to dead-letters with the error.
@@ -55,7 +58,8 @@ async def answer_queries(stream: Any) -> None:
                 if _request_id(event) in by_id:
                     dead_letter(event, f"internal error while recommending: {exc!r}"[:300])
             continue
-        for rec in recs:
+        open_impressions(answers, origin)
+        for rec in (a.recommendation for a in answers):
             metrics.recommendations.labels(fallback=str(rec.fallback).lower()).inc()
             metrics.e2e_latency.observe(rec.latency_ms / 1000.0)
             recommendations_topic.send_soon(key=rec.user_id.encode(), value=rec.to_json())

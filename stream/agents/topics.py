@@ -38,6 +38,8 @@ dead_letters_topic = _topic("dead-letters")
 erasure_topic = _topic("user-erasure")
 erasure_confirmations_topic = _topic("user-erasure-confirmations")
 item_activity_topic = _topic("item-activity")
+impressions_topic = _topic("impressions")
+training_examples_topic = _topic("training-examples")
 
 
 M = TypeVar("M", bound=Contract)

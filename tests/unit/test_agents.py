@@ -25,11 +25,20 @@ import pytest
 
 from stream import runtime
 from stream.agents import erasure, events, items, maintenance, queries, topics
+from stream.agents import feedback as feedback_agent
 from stream.app import settings
 from stream.itemstats import BUCKET_S, ItemStats
 from stream.profile import Profile
-from stream.records import DeadLetter, ErasureConfirmation, Item, Recommendation, parse
-from stream.tables import item_stats, item_vectors, profiles
+from stream.records import (
+    DeadLetter,
+    ErasureConfirmation,
+    Impression,
+    Item,
+    Recommendation,
+    TrainingExample,
+    parse,
+)
+from stream.tables import feedback, item_stats, item_vectors, profiles
 from stream.tables import items as items_table
 from workers.ranker_client import RankerUnavailable, RankRequest, RankResult
 
@@ -78,6 +87,8 @@ OUTPUT_TOPICS = {
     "item-activity": topics.item_activity_topic,
     "queries": topics.queries_topic,
     "user-erasure-confirmations": topics.erasure_confirmations_topic,
+    "impressions": topics.impressions_topic,
+    "training-examples": topics.training_examples_topic,
 }
 
 
@@ -276,7 +287,7 @@ class FakeRanker:
     async def embed(self, texts: Any, deadline: float) -> np.ndarray:
         raise RankerUnavailable("breaker_open")
 
-    async def rank(self, requests: list[RankRequest], deadline: float) -> RankResult:
+    async def rank(self, requests: list[RankRequest], deadline: float, version: str = "") -> RankResult:
         self.rank_calls += 1
         if self.error is not None:
             raise self.error
@@ -425,7 +436,7 @@ async def test_erasure_removes_the_profile_and_confirms(outputs: Outputs) -> Non
     assert (confirmation.user_id, confirmation.request_id, confirmation.tables) == (
         user,
         "del-1",
-        ["profiles"],
+        ["profiles", "feedback"],
     )
     assert confirmation.erased_at == pytest.approx(time.time(), abs=60)
 
@@ -589,3 +600,42 @@ async def test_refresh_snapshot_counts_trending_in_the_window() -> None:
         runtime.item_view.stats.clear()
         runtime.item_view.stats.update(saved_stats)
         runtime.snapshot.popularity, runtime.snapshot.trending, runtime.snapshot.watermark = saved
+
+
+# --- the feedback join ------------------------------------------------------------------------------------
+
+
+async def test_a_click_on_a_recommendation_becomes_a_positive_example_when_its_window_closes(
+    outputs: Outputs, world: list[str]
+) -> None:
+    user = fresh("u")
+    with mock.patch.object(runtime.recommender, "client", FakeRanker(error=RankerUnavailable("deadline"))):
+        async with queries.answer_queries.test_context() as agent:
+            await agent.put(value=query_bytes("rq-" + user, user, k=4), key=user.encode())
+            [rec] = await wait_for(outputs.recommendations)
+    [(key, raw)] = outputs["impressions"]
+    imp = parse(Impression, raw)
+    assert key == user.encode()
+    assert [(i.item_id, i.rank) for i in imp.items] == [(i.item_id, i.rank) for i in rec.items]
+    clicked = rec.items[1].item_id
+
+    click = {"event_id": "c-" + user, "user_id": user, "item_id": clicked, "type": "click", "ts": TS + 1}
+    async with events.ingest_events.test_context() as agent:
+        await agent.put(value=orjson.dumps({**click, "request_id": rec.request_id}), key=user.encode())
+        await agent.put(value=event_bytes("o-" + user, user, world[9], "click", TS + 2), key=user.encode())
+        await wait_for(lambda: (s := feedback.get(user)) and s["open"][0]["outcomes"])
+    assert outputs["training-examples"] == []  # the window is still open
+
+    window_end = TS + settings.feedback_window_s + settings.feedback_grace_s
+    feedback_agent.sweep(window_end - 1, assigned={0, 1, 2, 3})  # other tests' windows may close
+    mine = [parse(TrainingExample, v) for _, v in outputs["training-examples"]]
+    assert [e for e in mine if e.user_id == user] == []
+    feedback_agent.sweep(window_end + 1, assigned={0, 1, 2, 3})
+    examples = [
+        e for _, v in outputs["training-examples"] if (e := parse(TrainingExample, v)).user_id == user
+    ]
+    assert {e.item_id: (e.label, e.outcome) for e in examples} == {
+        i.item_id: (int(i.item_id == clicked), "click" if i.item_id == clicked else "none") for i in rec.items
+    }
+    assert {e.request_id for e in examples} == {rec.request_id}
+    assert feedback.get(user) is None  # nothing left open: the user's join state is gone

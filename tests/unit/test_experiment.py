@@ -20,6 +20,7 @@ from stream.experiment import (
     parse_variants,
 )
 from stream.recommend import FALLBACK_MODEL
+from stream.records import ModelVersion
 from stream.settings import SettingsError, load_settings
 from tests.unit.test_recommend import FakeRanker, buyer, make, query
 
@@ -195,7 +196,7 @@ def test_settings_defaults_keep_one_control_variant_without_mmr_or_exploration()
     [
         ('{"a": 0.5}', "STREAMREC_VARIANTS: .*sum to 0.5"),
         ('{"a": {"share": 1.0, "ranker": "ranker-v2"}}', "only STREAMREC_RANKER_MODEL"),
-        ('{"a": {"share": 1.0, "version": "2"}}', "version '2'"),
+        ('{"a": {"share": 1.0, "version": "two"}}', "variant 'a': version"),
     ],
 )
 def test_settings_fail_fast_on_bad_or_unroutable_variants(
@@ -243,3 +244,43 @@ async def test_a_batch_mixing_arms_sends_only_ranker_rows_to_triton() -> None:
     assert len(ranked) == 1
     assert outs[0].model.version == "7"
     assert outs[1].model == FALLBACK_MODEL
+
+
+async def test_arms_route_to_their_versions_and_latest_follows_the_registry() -> None:
+    client = FakeRanker(score=lambda r: np.arange(len(r.item_texts), dtype=np.float32), version="1")
+    variants = '{"control": {"share": 0.5, "version": "1"}, "treatment": 0.5}'
+    rec, _, _ = make(client, variants=variants, experiment_salt="ab-1")
+    users = {"u-3": "control", "u-1": "treatment"}
+    requests = [(query(request_id=f"r-{u}", k=3).model_copy(update={"user_id": u}), buyer()) for u in users]
+
+    outs = await rec.recommend(requests)  # nothing promoted: "latest" is Triton's default ("")
+    assert sorted(client.rank_versions) == ["", "1"]
+    assert [len(r) for r, _ in client.rank_calls] == [1, 1]  # one packed call per version
+
+    rec.registry.apply(ModelVersion(model="ranker", version="2", status="promoted", ts=1.0))
+    rec.registry.apply(ModelVersion(model="ranker", version="3", status="refused", ts=2.0))
+    client.rank_versions.clear()
+    outs = await rec.recommend(requests)
+    assert sorted(client.rank_versions) == ["1", "2"]  # never the refused 3
+    assert {o.variant: o.model.version for o in outs} == {"control": "1", "treatment": "2"}
+
+
+async def test_answers_log_what_the_ranker_saw() -> None:
+    client = FakeRanker(score=lambda r: np.arange(len(r.item_texts), dtype=np.float32), version="4")
+    rec, _, _ = make(client, explore_epsilon=1.0)
+    [answer] = await rec.answer([(query(request_id="r-imp", k=4), buyer())])
+    imp, out = answer.impression, answer.recommendation
+    assert (imp.request_id, imp.user_id, imp.variant, imp.model.version) == (
+        out.request_id,
+        out.user_id,
+        out.variant,
+        "4",
+    )
+    assert [i.item_id for i in imp.items] == [i.item_id for i in out.items]
+    assert [i.propensity for i in imp.items] == [i.propensity for i in out.items]
+    [(ranked, _)] = client.rank_calls
+    sent = {t: row for t, row in zip(ranked[0].item_texts, ranked[0].features, strict=True)}
+    assert imp.context == ranked[0].query_text
+    for shown in imp.items:
+        assert len(shown.features) == 8
+        assert any(np.allclose(shown.features, row, atol=1e-5) for row in sent.values())

@@ -42,6 +42,7 @@ class FakeRanker:
         self.dim = dim
         self.embed_calls: list[tuple[list[str], float]] = []
         self.rank_calls: list[tuple[list[RankRequest], float]] = []
+        self.rank_versions: list[str] = []
 
     async def embed(self, texts: Sequence[str], deadline: float) -> np.ndarray:
         self.embed_calls.append((list(texts), deadline))
@@ -51,11 +52,12 @@ class FakeRanker:
         out[:, 0] = 1.0
         return out
 
-    async def rank(self, requests: Sequence[RankRequest], deadline: float) -> RankResult:
+    async def rank(self, requests: Sequence[RankRequest], deadline: float, version: str = "") -> RankResult:
         self.rank_calls.append((list(requests), deadline))
+        self.rank_versions.append(version)
         if self.rank_error:
             raise RankerUnavailable(self.rank_error)
-        return RankResult([self.score(r) for r in requests], self.version)
+        return RankResult([self.score(r) for r in requests], version or self.version)
 
 
 def build_catalog() -> CatalogIndex:
