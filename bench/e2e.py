@@ -52,6 +52,7 @@ class Window:
     fallbacks: int
     cpu_s: float = 0.0
     rss_mb: float = 0.0
+    triton_s: dict[str, float] = field(default_factory=dict)  # model → seconds of compute in the window
 
     def p(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("inf")
@@ -91,6 +92,20 @@ def namespace(base: Settings, tag: str) -> dict[str, str]:
     }
 
 
+def triton_compute_s(settings: Settings) -> dict[str, float]:
+    """Seconds of model compute Triton has spent so far, per model (its own counter)."""
+    try:
+        with urllib.request.urlopen(f"http://{settings.triton_metrics_url}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return {}
+    name = "nv_inference_compute_infer_duration_us"
+    return {
+        m: metric_value(text, name, {"model": m}) / 1e6
+        for m in (settings.ranker_model, settings.encoder_model)
+    }
+
+
 def proc_usage(pid: int) -> tuple[float, float]:
     """(cpu seconds, RSS MB) of a process and its children, from /proc."""
     ticks = os.sysconf("SC_CLK_TCK")
@@ -123,6 +138,7 @@ async def load_window(
     fallbacks = 0
     rng = np.random.default_rng(int(rate * 1000))
     cpu0, _ = proc_usage(pid)
+    triton0 = triton_compute_s(settings)
 
     start = time.time()
 
@@ -158,9 +174,11 @@ async def load_window(
     await prod.flush()
     await receiver
     cpu1, rss = proc_usage(pid)
+    triton1 = triton_compute_s(settings)
     await prod.stop()
     await consumer.stop()
-    return Window(rate, len(sent_ts), len(latencies), latencies, fallbacks, cpu1 - cpu0, rss)
+    triton = {m: triton1[m] - triton0.get(m, 0.0) for m in triton1}
+    return Window(rate, len(sent_ts), len(latencies), latencies, fallbacks, cpu1 - cpu0, rss, triton)
 
 
 def run_system(
@@ -223,14 +241,28 @@ def run_system(
     return result, ingest
 
 
-def ingest_only(base: Settings, events: int) -> float:
-    """Events/s one worker applies to state: the events are in the topic before it starts."""
-    env = namespace(base, "ing")
+def ingest_only(base: Settings, events: int) -> dict[str, float]:
+    """Events/s one worker applies to state, with the events already in the topic when it starts.
+
+    The catalog is ingested and embedded by a first run of the worker, which then stops: otherwise
+    the encoder's CPU (Triton, same two cores) and the item agent would be measured too. The events
+    are published while no worker runs, and a restarted worker (same state) applies them. The same
+    messages are then read by a bare aiokafka consumer in this process, with and without
+    ``stream.records.parse``: the ceiling that the Kafka client and JSON validation leave.
+    """
+    env = {**namespace(base, "ing"), "STREAMREC_PRIME_RANKER_CACHE": "false"}
     settings = settings_for(env)
     replay = plan(events, 0, seed=2)
-    asyncio.run(publish_items(settings, replay.items))
+    log = base.run_dir / "bench-ingest.log"
+    worker = WorkerProcess(env, log).start()
+    try:
+        worker.wait_ready(timeout_s=120)
+        asyncio.run(publish_items(settings, replay.items))
+        worker.wait_ready(timeout_s=600, catalog_items=len(replay.items), vectors=True)
+    finally:
+        worker.stop()
     asyncio.run(publish_stream(settings, replay.stream))
-    worker = WorkerProcess(env, base.run_dir / "bench-ingest.log").start()
+    worker = WorkerProcess(env, log).start()
     try:
         worker.wait_ready(timeout_s=120)
         first = None
@@ -241,11 +273,52 @@ def ingest_only(base: Settings, events: int) -> float:
                 first = (now, applied)
             if applied >= events:
                 break
-            time.sleep(0.1)
+            time.sleep(0.05)
         assert first is not None
-        return (applied - first[1]) / max(now - first[0], 1e-6)
+        cpu_s, rss_mb = proc_usage(worker.proc.pid) if worker.proc else (0.0, 0.0)
+        rate = (applied - first[1]) / max(now - first[0], 1e-6)
     finally:
         worker.stop()
+    raw = asyncio.run(consume_rate(settings, events, parse_records=False))
+    parsed = asyncio.run(consume_rate(settings, events, parse_records=True))
+    return {
+        "events_per_s": rate,
+        "worker_cpu_s": cpu_s,
+        "worker_rss_mb": rss_mb,
+        "raw_consume_per_s": raw,
+        "consume_parse_per_s": parsed,
+    }
+
+
+async def consume_rate(settings: Settings, events: int, parse_records: bool) -> float:
+    """Messages/s a bare aiokafka consumer reads the events topic at (optionally parsing each)."""
+    from stream.records import Event, parse
+
+    consumer = AIOKafkaConsumer(
+        settings.topic("events"),
+        **client_kwargs(settings),
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        # Timed from the first message: connecting and the first fetch's wait are not the rate.
+        seen, counted, started = 0, 0, 0.0
+        while seen < events:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=5000)
+            for messages in batch.values():
+                if not seen:
+                    started = time.monotonic()
+                else:
+                    counted += len(messages)
+                seen += len(messages)
+                if parse_records:
+                    for msg in messages:
+                        parse(Event, msg.value, msg.key, key_field="user_id")
+        return counted / max(time.monotonic() - started, 1e-6)
+    finally:
+        await consumer.stop()
 
 
 def overhead_bs1(base: Settings, n: int = 200) -> dict[str, float]:
@@ -296,9 +369,25 @@ def overhead_bs1(base: Settings, n: int = 200) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short windows, fewer rates (< 5 minutes)")
+    parser.add_argument(
+        "--ingest-only", action="store_true", help="only the ingestion measurement (events/s per worker)"
+    )
+    parser.add_argument("--events", type=int, default=20000, help="events for the ingestion measurement")
     args = parser.parse_args()
     base = load_settings()
     control.up(base)
+    if args.ingest_only:
+        ingest = ingest_only(base, args.events)
+        print(
+            json.dumps(
+                {
+                    "ingest_events_per_s": round(ingest["events_per_s"], 1),
+                    "events": args.events,
+                    "ingest": {k: round(v, 1) for k, v in ingest.items()},
+                }
+            )
+        )
+        return
     rates = [2.0, 5.0, 10.0, 20.0] if args.quick else [2.0, 5.0, 10.0, 20.0, 30.0, 40.0, 60.0]
     seconds = 10.0 if args.quick else 30.0
     warm = 2000 if args.quick else 5000
@@ -307,7 +396,7 @@ def main() -> None:
         file=sys.stderr,
     )
     overhead = overhead_bs1(base)
-    ingest_rate = ingest_only(base, 6000 if args.quick else 20000)
+    ingest = ingest_only(base, args.events)
     systems = {}
     for name in ("streamrec", "baseline"):
         systems[name], _ = run_system(name, base, rates, seconds, warm)
@@ -321,7 +410,8 @@ def main() -> None:
             ours_fixed.p(99) if ours_fixed else float("inf"),
         ),
         "p99_ratio_rate_qps": fixed,
-        "ingest_events_per_s": round(ingest_rate, 1),
+        "ingest_events_per_s": round(ingest["events_per_s"], 1),
+        "ingest": {k: round(v, 1) for k, v in ingest.items()},
         "overhead_ms_bs1": round(overhead["overhead_ms"], 3),
         "max_qps_p99_100ms": ours.max_rate(100),
         "max_qps_p99_250ms": ours.max_rate(250),
@@ -341,6 +431,11 @@ def main() -> None:
                     "fallback_share": round(w.fallbacks / max(w.answered, 1), 3),
                     "cpu_s": round(w.cpu_s, 2),
                     "rss_mb": round(w.rss_mb, 1),
+                    # Per answered query: the worker's CPU and Triton's compute (where the time goes).
+                    "cpu_ms_per_query": round(w.cpu_s * 1000 / max(w.answered, 1), 1),
+                    "triton_ms_per_query": {
+                        m: round(v * 1000 / max(w.answered, 1), 1) for m, v in w.triton_s.items()
+                    },
                 }
                 for w in res.windows
             ]
@@ -348,13 +443,18 @@ def main() -> None:
         },
         "quick": args.quick,
     }
-    print("\n| system | q/s | answered | p50 ms | p95 ms | p99 ms | max ms | fallback | CPU s | RSS MB |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(
+        "\n| system | q/s | answered | p50 ms | p95 ms | p99 ms | max ms | fallback | CPU s | RSS MB "
+        "| worker CPU ms/q | Triton ranker ms/q | Triton encoder ms/q |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, rows in result["windows"].items():
         for row in rows:
             print(
                 f"| {name} | {row['rate']:.0f} | {row['answered']}/{row['sent']} | {row['p50_ms']} | {row['p95_ms']} "
-                f"| {row['p99_ms']} | {row['max_ms']} | {row['fallback_share']:.0%} | {row['cpu_s']} | {row['rss_mb']} |"
+                f"| {row['p99_ms']} | {row['max_ms']} | {row['fallback_share']:.0%} | {row['cpu_s']} | {row['rss_mb']} "
+                f"| {row['cpu_ms_per_query']} | {row['triton_ms_per_query'].get('ranker', '')} "
+                f"| {row['triton_ms_per_query'].get('encoder', '')} |"
             )
     print(json.dumps(result))
 

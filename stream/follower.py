@@ -36,11 +36,21 @@ class ItemView:
         self.catalog = catalog
         self.snapshot = snapshot
         self.stats: dict[str, dict[str, Any]] = {}
+        # Parsed on first read, kept with the record it came from: candidate generation reads ~20
+        # anchors' statistics per query, while most changelog records are replaced unread.
+        self._parsed: dict[str, tuple[dict[str, Any], ItemStats]] = {}
         self._vectors: dict[str, tuple[float, np.ndarray]] = {}
 
     def item_stats(self, item_id: str) -> ItemStats | None:
         raw = self.stats.get(item_id)
-        return ItemStats.from_dict(raw) if raw else None
+        if not raw:
+            return None
+        cached = self._parsed.get(item_id)
+        if cached is not None and cached[0] is raw:
+            return cached[1]
+        parsed = ItemStats.from_dict(raw)
+        self._parsed[item_id] = (raw, parsed)
+        return parsed
 
     def apply(self, table: str, item_id: str, value: dict[str, Any] | None) -> None:
         if table == "items":
@@ -64,6 +74,7 @@ class ItemView:
             self._attach_vector(item_id)
         elif table == "item-stats":
             if value is None:
+                self._parsed.pop(item_id, None)
                 self.stats.pop(item_id, None)
                 self.snapshot.popularity.pop(item_id, None)
                 return

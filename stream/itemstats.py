@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -21,6 +21,15 @@ MAX_NEIGHBORS = 60
 PRUNE_AT = 2 * MAX_NEIGHBORS
 MAX_SEEN = 32
 BUCKET_S = 3600.0
+
+# One activity on the item-activity topic: [activity_id, ts, count, [[other item, distance], ...]].
+# The item is the message key. Positional rather than an object per activity: about 20 of them per
+# event make this the largest stream the worker writes and reads (2.4x fewer bytes than objects).
+Row = tuple[str, float, bool, Sequence[Sequence[Any]]]
+
+
+class MalformedActivity(ValueError):
+    """An item-activity message that is JSON but not a list of activities."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +60,9 @@ class Activity:
             count=bool(data["count"]),
             co_items=tuple((str(i), int(d)) for i, d in data.get("co_items", [])),
         )
+
+    def to_row(self) -> list[Any]:
+        return [self.activity_id, self.ts, self.count, [list(c) for c in self.co_items]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,9 +109,57 @@ def activities_for(profile_before: Profile, event_id: str, item_id: str, ts: flo
     return out
 
 
+def activity_rows(
+    profile_before: Profile, event_id: str, item_id: str, ts: float
+) -> list[tuple[str, list[Any]]]:
+    """``activities_for`` as (item, wire row) pairs, built without the intermediate objects: the
+    event agent's hot path (about 20 activities per event)."""
+    history = recent_distinct(profile_before, HISTORY_FOR_COOC, exclude=item_id)
+    out: list[tuple[str, list[Any]]] = [
+        (item_id, [event_id, ts, True, [[other, d] for d, other in enumerate(history, start=1)]])
+    ]
+    out.extend([(other, [event_id, ts, False, [[item_id, d]]]) for d, other in enumerate(history, start=1)])
+    return out
+
+
+def decode_message(key: bytes | None, data: Any) -> dict[str, list[Row]]:
+    """The rows of one decoded item-activity message, by item (its key), checked for shape.
+
+    Also reads the earlier form (a list of ``Activity.to_dict`` objects, each naming its item), so
+    messages written before an upgrade still apply. Raises ``MalformedActivity``.
+    """
+    if not isinstance(data, list):
+        raise MalformedActivity("item-activity message is not a list")
+    out: dict[str, list[Row]] = {}
+    try:
+        for raw in data:
+            if isinstance(raw, dict):
+                a = Activity.from_dict(raw)
+                out.setdefault(a.item_id, []).append((a.activity_id, a.ts, a.count, a.co_items))
+                continue
+            activity_id, ts, count, co_items = raw
+            for other, distance in co_items:
+                if type(other) is not str or type(distance) is not int:
+                    raise MalformedActivity(
+                        f"item-activity pair {[other, distance]!r} is not [item, distance]"
+                    )
+            if type(activity_id) is not str or type(count) is not bool:
+                raise MalformedActivity("item-activity row is not [activity_id, ts, count, pairs]")
+            if key is None:
+                raise MalformedActivity("item-activity message has no key (the item)")
+            out.setdefault(key.decode("utf-8", errors="replace"), []).append(
+                (activity_id, float(ts), count, co_items)
+            )
+    except MalformedActivity:
+        raise
+    except (KeyError, ValueError, TypeError) as exc:
+        raise MalformedActivity(f"item-activity message is malformed: {exc}") from None
+    return out
+
+
 def apply_activity(stats: ItemStats, activity: Activity, window_s: float) -> ItemStats:
     """Fold one activity into an item's statistics; a replayed activity changes nothing."""
-    return _fold(stats, (activity,), window_s)
+    return _fold(stats, ((activity.activity_id, activity.ts, activity.count, activity.co_items),), window_s)
 
 
 def apply_message(
@@ -110,33 +170,41 @@ def apply_message(
     A message at or below the last applied ``offset`` is a redelivery after a crash and changes
     nothing, however long the replayed tail; ``activity_id`` catches a duplicate sent twice.
     """
+    rows = [(a.activity_id, a.ts, a.count, a.co_items) for a in activities]
+    return apply_rows(stats, rows, window_s, offset)
+
+
+def apply_rows(
+    stats: ItemStats, rows: Iterable[Row], window_s: float, offset: int | None = None
+) -> ItemStats:
+    """``apply_message`` for rows as ``decode_message`` gives them (no objects per activity)."""
     if offset is not None and offset <= stats.offset:
         return stats
-    folded = _fold(stats, activities, window_s)
+    folded = _fold(stats, rows, window_s)
     return folded if offset is None else replace(folded, offset=offset)
 
 
-def _fold(stats: ItemStats, activities: Sequence[Activity], window_s: float) -> ItemStats:
+def _fold(stats: ItemStats, rows: Iterable[Row], window_s: float) -> ItemStats:
     """Activities applied in order, on working copies made once (the hot path of item statistics)."""
     seen = deque(stats.seen, maxlen=MAX_SEEN)
     total = stats.total
     buckets: dict[int, int] | None = None
     near: dict[str, float] | None = None
     cooc: dict[str, float] | None = None
-    for activity in activities:
-        if activity.activity_id in seen:
+    for activity_id, ts, count, co_items in rows:
+        if activity_id in seen:
             continue
         if near is None or cooc is None:
             near, cooc = dict(stats.near), dict(stats.cooc)
-        seen.append(activity.activity_id)
-        if activity.count:
+        seen.append(activity_id)
+        if count:
             total += 1
-            oldest = int((activity.ts - 2 * window_s) // BUCKET_S)
+            oldest = int((ts - 2 * window_s) // BUCKET_S)
             source = buckets if buckets is not None else stats.buckets
             buckets = {b: c for b, c in source.items() if b >= oldest}
-            bucket = int(activity.ts // BUCKET_S)
+            bucket = int(ts // BUCKET_S)
             buckets[bucket] = buckets.get(bucket, 0) + 1
-        for other, distance in activity.co_items:
+        for other, distance in co_items:
             cooc[other] = cooc.get(other, 0.0) + 1.0
             if distance <= NEAR_WINDOW:
                 near[other] = near.get(other, 0.0) + 1.0

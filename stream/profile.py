@@ -166,8 +166,10 @@ def erased(profile: Profile, erased_at: float) -> Profile:
 def recent_distinct(profile: Profile, n: int, exclude: str | None = None) -> list[str]:
     """The user's ``n`` most recent distinct items, most recent first (``exclude`` left out)."""
     out: list[str] = []
+    taken = {exclude}  # a set beside the list: this runs once per event (item statistics)
     for recent in reversed(profile.recent_items):
-        if recent.item_id != exclude and recent.item_id not in out:
+        if recent.item_id not in taken:
+            taken.add(recent.item_id)
             out.append(recent.item_id)
             if len(out) >= n:
                 break

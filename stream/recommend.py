@@ -148,6 +148,17 @@ class Recommender:
             out.append(Answer(rec, self._impression(rec, query, cands, contexts[r])))
         return out
 
+    def routed_versions(self) -> list[str]:
+        """The ranker versions the arms route to now ("" = Triton's configured one)."""
+        model = self.settings.ranker_model
+        return sorted(
+            {
+                self.registry.resolve(model, v.arm.version)
+                for v in self.experiment.variants
+                if not v.arm.uses_fallback
+            }
+        )
+
     def _cover(self, variant: str, items: Sequence[RecommendedItem]) -> int:
         """Distinct items this variant has shown since the worker started (catalog coverage)."""
         seen = self._shown_items.setdefault(variant, set())

@@ -28,11 +28,15 @@ TRITON_DEFAULT = ""  # an empty model_version lets Triton pick the version its c
 class ModelRegistry:
     def __init__(self) -> None:
         self._records: dict[str, ModelVersion] = {}
+        # Bumped on every change: a publish reloads every served version in Triton (their caches
+        # start cold), so the worker primes them again when this moves.
+        self.generation = 0
 
     def apply(self, record: ModelVersion) -> None:
         current = self._records.get(record.key)
         if current is None or current.ts <= record.ts:
             self._records[record.key] = record
+            self.generation += int(current != record)
 
     def promoted(self, model: str) -> list[int]:
         return sorted(

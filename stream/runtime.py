@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import faust
 from prometheus_client import REGISTRY
@@ -28,6 +30,7 @@ class Warmup:
 
     primed_items: set[str] = field(default_factory=set)
     recoveries: int = 0
+    registry_generation: int = 0
 
     def primed(self, catalog: CatalogIndex) -> bool:
         return bool(len(catalog)) and all(i in self.primed_items for i in catalog.items)
@@ -56,14 +59,15 @@ async def tune_producer_buffer() -> None:
     app.producer.buffer.max_messages = PRODUCER_BUFFER_MAX
 
 
-@app.service
-class ItemViewService(faust.Service):
-    """Follows the item tables' changelogs for as long as the worker runs."""
+class FollowingService(faust.Service):
+    """Runs a follower (``run(stop)``) for as long as the worker runs."""
+
+    def follow(self, stop: asyncio.Event) -> Coroutine[Any, Any, None]:
+        raise NotImplementedError
 
     async def on_start(self) -> None:
-        follower.caught_up.clear()  # the run below continues from where the preload stopped
         self._stop = asyncio.Event()
-        self._task = asyncio.create_task(follower.run(self._stop))
+        self._task = asyncio.create_task(self.follow(self._stop))
 
     async def on_stop(self) -> None:
         self._stop.set()
@@ -72,17 +76,20 @@ class ItemViewService(faust.Service):
 
 
 @app.service
-class ModelRegistryService(faust.Service):
+class ItemViewService(FollowingService):
+    """Follows the item tables' changelogs."""
+
+    def follow(self, stop: asyncio.Event) -> Coroutine[Any, Any, None]:
+        follower.caught_up.clear()  # the run continues from where the preload stopped
+        return follower.run(stop)
+
+
+@app.service
+class ModelRegistryService(FollowingService):
     """Follows the model registry topic, so a promoted ranker version is routed to without a restart."""
 
-    async def on_start(self) -> None:
-        self._stop = asyncio.Event()
-        self._task = asyncio.create_task(registry_follower.run(self._stop))
-
-    async def on_stop(self) -> None:
-        self._stop.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+    def follow(self, stop: asyncio.Event) -> Coroutine[Any, Any, None]:
+        return registry_follower.run(stop)
 
 
 @app.service

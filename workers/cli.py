@@ -88,6 +88,9 @@ def demo(
     max_rate: float = typer.Option(500.0, "--max-rate", help="messages per second at most"),
     workers: int = typer.Option(1, "--workers", min=1, max=8, help="stream workers sharing the partitions"),
     keep: bool = typer.Option(False, "--keep", help="leave the stack running afterwards"),
+    loop: bool = typer.Option(
+        True, "--loop/--no-loop", help="simulated clicks, retrain from the stream, hot swap, A/B readout"
+    ),
     seed: int = typer.Option(0, "--seed"),
     out_root: Path = typer.Option(ROOT / "reports", "--out-root", help="where report folders go"),
 ) -> None:
@@ -101,6 +104,7 @@ def demo(
         max_rate=max_rate,
         workers=workers,
         keep=keep,
+        loop=loop,
         seed=seed,
         out_root=out_root,
     )
@@ -117,10 +121,42 @@ def train(
     mode: str = typer.Option("cheap", "--mode", help="cheap: frozen encoder + trained head; full: fine-tune"),
     steps: int = typer.Option(0, "--steps", help="training steps (0: the config's default)"),
     time_cut: bool = typer.Option(False, "--time-cut", help="train only on data before the global time cut"),
+    from_stream: bool = typer.Option(
+        False, "--from-stream", help="fine-tune the served head on the training-examples topic and publish it"
+    ),
+    min_examples: int = typer.Option(200, "--min-examples", help="--from-stream: fewer examples exit 3"),
+    tolerance: float = typer.Option(
+        0.0, "--tolerance", help="--from-stream: publish if held-out MRR >= base - this"
+    ),
+    base_version: str = typer.Option("", "--base-version", help="--from-stream: default the latest promoted"),
+    publish: bool = typer.Option(
+        True, "--publish/--no-publish", help="--from-stream: --no-publish only evaluates"
+    ),
 ) -> None:
-    """Train the ranker in the model environment (torch); artifacts go to models/."""
+    """Train the ranker in the model environment (torch); artifacts go to models/.
+
+    --from-stream prints one JSON line (both heads' held-out metrics and the decision) and exits 0
+    promoted, 3 too few examples, 4 not better than the served head, 5 refused by load or canary.
+    """
     from workers.model.runner import run_in_model_env
 
+    if from_stream:
+        from workers.loop.command import RetrainOptions, report_line, retrain_and_publish
+
+        options = RetrainOptions(
+            min_examples=min_examples,
+            tolerance=tolerance,
+            base_version=base_version or None,
+            publish=publish,
+            epochs=steps or None,
+        )
+        outcome = retrain_and_publish(_settings(), options)
+        sys.stdout.write(report_line(outcome) + "\n")
+        if outcome.exit_code:
+            console.print(
+                f"[yellow]nothing promoted ({outcome.decision}):[/yellow] {outcome.report.get('reason')}"
+            )
+        raise typer.Exit(outcome.exit_code)
     if mode not in ("cheap", "full"):
         raise typer.BadParameter("--mode must be cheap or full")
     args = [
@@ -130,6 +166,16 @@ def train(
         *(["--time-cut"] if time_cut else []),
     ]
     raise typer.Exit(run_in_model_env("workers.model.train", args))
+
+
+@app.command("serve-registered")
+def serve_registered() -> None:
+    """After a Triton restart (it serves only the committed version 1): load every version the model
+    registry says is promoted, so the A/B arms routed to them rank again instead of falling back."""
+    from workers.loop.publish import serve_registered as serve
+
+    served = serve(_settings())
+    console.print(f"ranker versions served: {served}")
 
 
 @app.command("eval")

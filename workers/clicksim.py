@@ -12,13 +12,12 @@ reproducible and a redelivered recommendation gets the same clicks.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -92,6 +91,10 @@ def events_for(rec: dict[str, Any], reactions: Iterable[Reaction], ts: float) ->
     ]
 
 
+class Stop(Protocol):
+    def is_set(self) -> bool: ...
+
+
 @dataclass
 class ClickSimulator:
     """Reads ``recommendations`` as they arrive and answers them with simulated clicks on ``events``."""
@@ -104,7 +107,7 @@ class ClickSimulator:
     clicks: int = 0
     purchases: int = 0
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: Stop) -> None:
         consumer = AIOKafkaConsumer(
             self.settings.topic("recommendations"),
             **client_kwargs(self.settings),

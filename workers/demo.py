@@ -44,12 +44,17 @@ class DemoOptions:
     max_rate: float = 500.0
     workers: int = 1
     keep: bool = False
+    loop: bool = True  # simulated clicks, a retrain, a hot swap and an A/B readout (workers/demo_loop.py)
     seed: int = 0
     out_root: Path = ROOT / "reports"
 
 
-def _namespace_env(base: Settings, stamp: str, run_dir: Path) -> dict[str, str]:
+def _namespace_env(base: Settings, stamp: str, run_dir: Path, loop: bool = False) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()}
+    if loop:
+        from workers.demo_loop import LOOP_ENV
+
+        env.update(LOOP_ENV)
     env.update(
         {
             "STREAMREC_TOPIC_PREFIX": f"{DEMO_PREFIX}{stamp}-",
@@ -193,6 +198,7 @@ def run_demo(base: Settings, opts: DemoOptions, console: Console) -> Path:
     run_dir = base.run_dir / f"demo-{stamp}"
     workers: list[WorkerProcess] = []
     started_stack = False
+    loop: Any = None
     try:
         with console.status("bringing up Kafka and Triton"):
             started_stack = not control.status(base).all_up
@@ -201,7 +207,7 @@ def run_demo(base: Settings, opts: DemoOptions, console: Console) -> Path:
         dropped = asyncio.run(_drop_old_namespaces(base))
         if dropped:
             console.print(f"removed {dropped} topics of earlier demo runs")
-        env = _namespace_env(base, stamp, run_dir)
+        env = _namespace_env(base, stamp, run_dir, opts.loop)
         settings = settings_for(env)
         replay = plan(
             opts.events or None, opts.queries if opts.queries is not None else opts.events // 10, opts.seed
@@ -221,7 +227,12 @@ def run_demo(base: Settings, opts: DemoOptions, console: Console) -> Path:
             asyncio.run(publish_items(settings, replay.items))
             for worker in workers:
                 worker.wait_ready(timeout_s=300, catalog_items=len(replay.items))
-        watcher, sent, started = asyncio.run(_replay_live(settings, replay, opts, console))
+        if opts.loop:
+            from workers.demo_loop import Loop
+
+            loop = Loop.create(settings, sum(1 for m in replay.stream if not isinstance(m, Query)), opts.seed)
+            loop.start()
+        watcher, sent, started = _replay_phases(settings, replay, opts, console, loop)
         run = DemoRun(
             started_at=started,
             finished_at=time.time(),
@@ -239,7 +250,10 @@ def run_demo(base: Settings, opts: DemoOptions, console: Console) -> Path:
             catalog={i.item_id: {"title": i.title, "categories": list(i.categories)} for i in replay.items},
             histories=_histories(replay),
             offline_metrics=_offline_metrics(),
+            loop=None,
         )
+        if loop is not None:
+            run.loop = loop.readout(run.catalog)
         write_report(run, out_dir)
         applied = sum(metric_value(w.metrics(), "streamrec_events_total") for w in workers)
         console.print(
@@ -247,12 +261,40 @@ def run_demo(base: Settings, opts: DemoOptions, console: Console) -> Path:
             f"dead letters: {watcher.dead_letters}"
         )
     finally:
+        if loop is not None:
+            loop.stop()
+            with contextlib.suppress(Exception):
+                loop.cleanup()
         for worker in workers:
             worker.stop()
         if not opts.keep and started_stack:
             with contextlib.suppress(Exception):
                 control.down(base)
     return out_dir
+
+
+def _replay_phases(
+    settings: Settings, replay: ReplayPlan, opts: DemoOptions, console: Console, loop: Any
+) -> tuple[Watcher, list[tuple[float, str]], float]:
+    """The replay; with the learning loop, in two halves around a retrain and a hot swap."""
+    if loop is None:
+        return asyncio.run(_replay_live(settings, replay, opts, console))
+    half = len(replay.stream) // 2
+    _, sent, started = asyncio.run(
+        _replay_live(settings, ReplayPlan(replay.items, replay.stream[:half]), opts, console)
+    )
+    with console.status("closing the feedback windows of phase 1 (A/A: both arms on version 1)"):
+        loop.close_windows()
+    with console.status("retraining the ranker from the stream and publishing a new version"):
+        retrain = loop.retrain_and_swap()
+    console.print(
+        f"retrain: {retrain.get('decision')} ({retrain.get('reason', '')}); version {retrain.get('version') or '-'}"
+    )
+    second = ReplayPlan(replay.items, replay.stream[half:])
+    watcher, sent2, _ = asyncio.run(_replay_live(settings, second, opts, console))
+    with console.status("closing the feedback windows of phase 2"):
+        loop.close_windows()
+    return watcher, sent + sent2, started
 
 
 def _histories(replay: ReplayPlan) -> dict[str, list[str]]:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
@@ -23,13 +24,27 @@ from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# A call refused before Triton looked at it (server restarting, connection reset) is retried after
+# a pause that doubles each time, but only while the deadline leaves room for the pause and for a
+# call: a retry never makes the fallback late. Errors from the model itself are not retried.
+RETRY_ATTEMPTS = 3
+RETRY_BACKOFF_S = 0.005
+MIN_ATTEMPT_S = 0.005
+TRANSIENT_STATUSES = frozenset({"StatusCode.UNAVAILABLE"})
+
+
+def breaker_key(model: str, version: str) -> str:
+    """The breaker (and its ``model`` metric label) of a call: versions are few, so labels stay bounded."""
+    return f"{model}:{version}" if version else model
+
 
 class RankerUnavailable(RuntimeError):
     """Triton could not answer within the deadline (or the breaker is open); ``cause`` is a short label."""
 
-    def __init__(self, cause: str, detail: str = "") -> None:
+    def __init__(self, cause: str, detail: str = "", transient: bool = False) -> None:
         super().__init__(f"{cause}: {detail}" if detail else cause)
         self.cause = cause
+        self.transient = transient
 
 
 @dataclass(frozen=True)
@@ -46,19 +61,22 @@ class RankResult:
 
 
 class RankerClient:
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        connect: Callable[[str], Any] = grpcclient.InferenceServerClient,
+    ) -> None:
+        """``connect(url)`` makes the ``tritonclient.grpc.aio`` client (tests pass a fake transport)."""
         self.settings = settings
         self.metrics = metrics
-        # One breaker per model: a broken ranker must not stop catalog embeddings, and vice versa.
-        self.breakers = {
-            model: CircuitBreaker(
-                failure_rate=settings.breaker_failure_rate,
-                window=settings.breaker_window,
-                open_s=settings.breaker_open_s,
-            )
-            for model in (settings.ranker_model, settings.encoder_model)
-        }
-        self._client: grpcclient.InferenceServerClient | None = None
+        self._connect = connect
+        # One breaker per model, and per explicitly requested version: a broken ranker must not stop
+        # catalog embeddings, and a missing version 2 (an A/B arm) must not stop version 1's arm.
+        self.breakers: dict[str, CircuitBreaker] = {}
+        for model in (settings.ranker_model, settings.encoder_model):
+            self._breaker(model)
+        self._client: Any = None
         self.recoveries = 0
         self._slots = asyncio.Semaphore(settings.ranker_concurrency)
 
@@ -71,7 +89,7 @@ class RankerClient:
 
     async def start(self) -> None:
         if self._client is None:
-            self._client = grpcclient.InferenceServerClient(self.settings.triton_grpc_url)
+            self._client = self._connect(self.settings.triton_grpc_url)
 
     async def close(self) -> None:
         if self._client is not None:
@@ -149,16 +167,33 @@ class RankerClient:
     async def _infer(
         self, model: str, inputs: list[grpcclient.InferInput], output: str, deadline: float, version: str = ""
     ) -> tuple[np.ndarray, str]:
+        backoff = RETRY_BACKOFF_S
+        for attempt in range(1, RETRY_ATTEMPTS + 1):
+            try:
+                return await self._attempt(model, inputs, output, deadline, version)
+            except RankerUnavailable as exc:
+                room = deadline - time.monotonic() - backoff
+                if not exc.transient or attempt == RETRY_ATTEMPTS or room < MIN_ATTEMPT_S:
+                    raise
+                log.debug("%s call refused (%s); retrying in %.0f ms", model, exc, backoff * 1000)
+            await asyncio.sleep(backoff)
+            backoff *= 2
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _attempt(
+        self, model: str, inputs: list[grpcclient.InferInput], output: str, deadline: float, version: str
+    ) -> tuple[np.ndarray, str]:
         if self._client is None:
             raise RankerUnavailable("not_started")
-        breaker = self.breakers[model]
+        key = breaker_key(model, version)
+        breaker = self._breaker(key)
         started = time.monotonic()
         remaining = deadline - started
         if remaining <= 0.001:
             raise RankerUnavailable("deadline", "no time left before the call")
         permit = breaker.acquire()
         if permit is None:
-            self._publish_breaker(model)
+            self._publish_breaker(key)
             raise RankerUnavailable("breaker_open")
         outcome: bool | None = None
         try:
@@ -179,15 +214,16 @@ class RankerClient:
         except InferenceServerException as exc:
             outcome = False
             cause = "deadline" if "Deadline" in str(exc) else "triton_error"
-            raise RankerUnavailable(cause, str(exc)[:200]) from None
+            transient = exc.status() in TRANSIENT_STATUSES
+            raise RankerUnavailable(cause, str(exc)[:200], transient=transient) from None
         except OSError as exc:
             outcome = False
-            raise RankerUnavailable("connection", str(exc)[:200]) from None
+            raise RankerUnavailable("connection", str(exc)[:200], transient=True) from None
         finally:
             if outcome is None:  # cancelled or an unexpected error: the call proved nothing
                 breaker.release(permit)
             else:
-                self._record(model, outcome, permit)
+                self._record(key, outcome, permit)
         if model == self.settings.ranker_model:
             self.metrics.ranker_latency.observe(time.monotonic() - started)
         array = result.as_numpy(output)
@@ -203,8 +239,18 @@ class RankerClient:
             self.recoveries += 1  # Triton may have restarted with cold caches
         self._publish_breaker(model)
 
+    def _breaker(self, key: str) -> CircuitBreaker:
+        found = self.breakers.get(key)
+        if found is None:
+            found = self.breakers[key] = CircuitBreaker(
+                failure_rate=self.settings.breaker_failure_rate,
+                window=self.settings.breaker_window,
+                open_s=self.settings.breaker_open_s,
+            )
+        return found
+
     def _publish_breaker(self, model: str) -> None:
         self.metrics.breaker_state.labels(model=model).set(int(self.breakers[model].state))
 
-    def breaker_state(self, model: str | None = None) -> BreakerState:
-        return self.breakers[model or self.settings.ranker_model].state
+    def breaker_state(self, model: str | None = None, version: str = "") -> BreakerState:
+        return self._breaker(breaker_key(model or self.settings.ranker_model, version)).state

@@ -42,6 +42,7 @@ class DemoRun:
     catalog: dict[str, dict[str, Any]]  # item_id -> {"title": str, "categories": list[str]}
     histories: dict[str, list[str]]  # user_id -> item ids the user interacted with, in send order
     offline_metrics: dict[str, dict[str, float]] | None  # method -> {"ndcg@10":..., ...} or None
+    loop: dict[str, Any] | None = None  # the learning loop's readout (workers/demo_loop.py), if it ran
 
 
 # ---------------------------------------------------------------- numbers
@@ -201,6 +202,7 @@ def summarize(run: DemoRun) -> dict[str, Any]:
             "batch_sizes": _histogram(run.worker_metrics, "streamrec_ranker_batch_size"),
             "ingest_batch_sizes": _histogram(run.worker_metrics, "streamrec_ingest_batch_size"),
             "offline_metrics": run.offline_metrics,
+            "loop": run.loop,
             "users": _users(run),
             "series": _series(run),
         }
@@ -422,9 +424,75 @@ def _page(s: dict[str, Any], images: list[tuple[str, str]]) -> str:
         parts.append(_table(["method", *keys], rows, set(range(1, len(keys) + 1))))
     else:
         parts.append("<p>Offline metrics were not available for this run.</p>")
+    parts += _loop_html(s.get("loop"))
     options = [[_e(k), _e(v)] for k, v in s["options"].items()]
     parts += ["<h2>Run options</h2>", _table(["option", "value"], options), "</main></body></html>"]
     return "\n".join(parts)
+
+
+def _interval(i: dict[str, Any] | None) -> str:
+    if not i:
+        return "-"
+    return (
+        f"{_num(i.get('value'), '{:.3f}')} [{_num(i.get('low'), '{:.3f}')}, {_num(i.get('high'), '{:.3f}')}]"
+    )
+
+
+def _loop_html(loop: dict[str, Any] | None) -> list[str]:
+    """The learning loop: the retrain's outcome and the per-arm online metrics with 95% intervals."""
+    if not loop:
+        return []
+    retrain = loop.get("retrain") or {}
+    base, new = retrain.get("base") or {}, retrain.get("new") or {}
+    parts = [
+        "<h2>Learning loop (simulated clicks)</h2>",
+        "<p class='muted'>Clicks come from a simulator (workers/clicksim.py): MovieLens users click the "
+        "items they rate later in the data, with position bias. Phase 1 is an A/A test (both arms on "
+        "version 1); then the ranker is retrained from the training-examples topic and the new version is "
+        "hot-swapped in for the treatment arm; phase 2 is the A/B test.</p>",
+        f"<p>Examples: {_e(loop.get('examples'))} ({_e(loop.get('positives'))} positive); simulated clicks "
+        f"{_e(loop.get('clicks_sent'))}, purchases {_e(loop.get('purchases_sent'))}. Retrain: "
+        f"<b>{_e(retrain.get('decision'))}</b> ({_e(retrain.get('reason', ''))}); held-out MRR "
+        f"{_num(base.get('mrr'), '{:.4f}')} (served) vs {_num(new.get('mrr'), '{:.4f}')} (new); "
+        f"published version {_e(loop.get('published_version') or '-')}.</p>",
+    ]
+    rows = [
+        [
+            _e(name),
+            _e(", ".join(m.get("models", []))),
+            _num(m.get("impressions"), "{:,}"),
+            _interval(m.get("ctr")),
+            _interval(m.get("conversion")),
+            _interval(m.get("mrr")),
+            _num(m.get("coverage"), "{:.3f}"),
+            _num(m.get("diversity"), "{:.3f}"),
+        ]
+        for name, m in (loop.get("arms") or {}).items()
+    ]
+    parts.append(
+        _table(
+            [
+                "phase:arm",
+                "models",
+                "impressions",
+                "CTR@10 [95% CI]",
+                "conversion",
+                "MRR",
+                "coverage",
+                "diversity",
+            ],
+            rows,
+            {2, 6, 7},
+        )
+    )
+    lifts = loop.get("ctr_lift") or {}
+    if lifts:
+        parts.append(
+            "<p>CTR difference treatment − control: "
+            + "; ".join(f"{_e(p)} {_interval(v)}" for p, v in lifts.items())
+            + "</p>"
+        )
+    return parts
 
 
 def write_report(run: DemoRun, out_dir: Path) -> Path:

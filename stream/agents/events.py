@@ -11,7 +11,7 @@ from stream.agents.feedback import apply_outcomes
 from stream.agents.topics import events_topic, item_activity_topic, queries_topic, valid
 from stream.app import app, settings
 from stream.context import event_context
-from stream.itemstats import Activity, activities_for
+from stream.itemstats import activity_rows
 from stream.profile import Profile, update_profile
 from stream.records import Event, Query
 from stream.runtime import catalog, metrics
@@ -35,7 +35,7 @@ def load_profile(user_id: str) -> Profile:
 async def ingest_events(stream: Any) -> None:
     async for batch in stream.take_events(settings.ingest_batch_max, within=settings.ingest_batch_within_s):
         metrics.ingest_batch.observe(len(batch))
-        activities: dict[str, list[Activity]] = defaultdict(list)
+        activities: dict[str, list[list[Any]]] = defaultdict(list)
         # Fold each user's events in order, then write each touched profile once per batch.
         touched: dict[str, tuple[Any, Profile]] = {}
         outcomes: list[tuple[Any, Event]] = []
@@ -47,23 +47,24 @@ async def ingest_events(stream: Any) -> None:
                 )
             after = update_profile(before, record, catalog.get(record.item_id), offset=event.message.offset)
             if after.counts == before.counts:
-                if after is not before:
-                    touched[record.user_id] = (event, after)  # a duplicate: only the offset moves
+                # A redelivered event rewrites its profile too: after a crash the local store can be
+                # ahead of the changelog (written, never sent), and only a write sends it again. A
+                # profile made from an erasure marker (no counts) is not written: the tombstone stays.
+                if after is not before or before.counts:
+                    touched[record.user_id] = (event, after)
                 continue
             touched[record.user_id] = (event, after)
             metrics.events.labels(type=record.type).inc()
-            for activity in activities_for(before, record.event_id, record.item_id, record.ts):
-                activities[activity.item_id].append(activity)
+            for item_id, row in activity_rows(before, record.event_id, record.item_id, record.ts):
+                activities[item_id].append(row)
             if settings.refresh_on_event and record.type in REFRESH_TYPES:
                 _maybe_refresh(record)
         for user_id, (event, profile) in touched.items():
             with event_context(event):
                 profiles[user_id] = profile.to_dict()
         apply_outcomes(outcomes)
-        for item_id, acts in activities.items():
-            item_activity_topic.send_soon(
-                key=item_id.encode(), value=orjson.dumps([a.to_dict() for a in acts])
-            )
+        for item_id, rows in activities.items():
+            item_activity_topic.send_soon(key=item_id.encode(), value=orjson.dumps(rows))
 
 
 def forget_user(user_id: str) -> None:

@@ -12,7 +12,7 @@ import orjson
 from stream.agents.topics import dead_letter, item_activity_topic, items_topic
 from stream.app import app, settings
 from stream.context import event_context
-from stream.itemstats import Activity, ItemStats, apply_message
+from stream.itemstats import ItemStats, MalformedActivity, Row, apply_rows, decode_message
 from stream.records import InvalidMessage, Item, parse
 from stream.runtime import ranker_client
 from stream.tables import item_stats, item_vectors, items
@@ -30,11 +30,13 @@ async def ingest_items(stream: Any) -> None:
         for event in batch:
             key = event.message.key
             if event.message.value is None:  # a tombstone removes the item
-                if key:
-                    item_id = key.decode("utf-8", errors="replace")
-                    with event_context(event):
-                        items.pop(item_id, None)
-                        item_vectors.pop(item_id, None)
+                if not key:  # it names no item: dropping it silently would hide a producer's bug
+                    dead_letter(event, "a tombstone (null value) without the item's key")
+                    continue
+                item_id = key.decode("utf-8", errors="replace")
+                with event_context(event):
+                    items.pop(item_id, None)
+                    item_vectors.pop(item_id, None)
                 continue
             try:
                 item = parse(Item, event.message.value, key, key_field="item_id")
@@ -74,28 +76,26 @@ async def apply_item_activity(stream: Any) -> None:
     async for batch in stream.take_events(2000, within=0.5):
         touched: dict[str, tuple[Any, ItemStats]] = {}
         for event in batch:
-            by_item: dict[str, list[Activity]] = {}
-            for raw in _activities(event):
-                activity = Activity.from_dict(raw)
-                by_item.setdefault(activity.item_id, []).append(activity)
-            for item_id, activities in by_item.items():
+            for item_id, rows in _activities(event).items():
                 if item_id in touched:
                     current = touched[item_id][1]
                 else:
                     with event_context(event):
                         stored: Any = item_stats.get(item_id)
                     current = ItemStats.from_dict(stored) if stored else ItemStats(item_id)
-                updated = apply_message(current, activities, settings.trending_window_s, event.message.offset)
+                updated = apply_rows(current, rows, settings.trending_window_s, event.message.offset)
                 touched[item_id] = (event, updated)
         for item_id, (event, stats) in touched.items():
             with event_context(event):
                 item_stats[item_id] = stats.to_dict()
 
 
-def _activities(event: Any) -> list[dict[str, Any]]:
+def _activities(event: Any) -> dict[str, list[Row]]:
     try:
-        data = orjson.loads(event.message.value or b"[]")
+        return decode_message(event.message.key, orjson.loads(event.message.value or b"[]"))
     except orjson.JSONDecodeError:
         dead_letter(event, "item-activity message is not valid JSON")
-        return []
-    return data if isinstance(data, list) else []
+    except MalformedActivity as exc:
+        # Before, a malformed message raised out of the agent and stopped it: now it is set aside.
+        dead_letter(event, str(exc))
+    return {}

@@ -13,7 +13,7 @@ from faust.exceptions import ConsumerNotStarted
 from stream.app import app, settings
 from stream.features import N_FEATURES
 from stream.itemstats import BUCKET_S
-from stream.runtime import catalog, item_view, metrics, ranker_client, snapshot, warmup
+from stream.runtime import catalog, item_view, metrics, ranker_client, recommender, registry, snapshot, warmup
 from stream.tables import profiles
 from stream.text import item_text
 from stream.topics import TOPIC_SPECS
@@ -45,14 +45,16 @@ PRIME_CHUNK = 64
 async def prime_ranker_cache() -> None:
     """Send each catalog item's text through the ranker once, so its item-embedding cache is warm.
 
-    Again after each recovery of the ranker (a restarted Triton has a cold cache): without this,
-    the first queries pay ~50 item embeddings each and miss the deadline.
+    Again after each recovery of the ranker (a restarted Triton has a cold cache) and each change
+    in the model registry (a publish reloads every served version, caches cold), for every version
+    the A/B arms route to: without this, the first queries pay ~50 item embeddings each and miss
+    the deadline.
     """
     if not settings.prime_ranker_cache:
         return
-    if warmup.recoveries != ranker_client.recoveries:
+    if (warmup.recoveries, warmup.registry_generation) != (ranker_client.recoveries, registry.generation):
         warmup.primed_items.clear()
-        warmup.recoveries = ranker_client.recoveries
+        warmup.recoveries, warmup.registry_generation = ranker_client.recoveries, registry.generation
     pending = [i for i in catalog.items if i not in warmup.primed_items and catalog.has_vector(i)]
     started = time.monotonic()
     for start in range(0, len(pending), PRIME_CHUNK):
@@ -60,7 +62,8 @@ async def prime_ranker_cache() -> None:
         texts = [item_text(catalog.items[i]) for i in chunk if i in catalog.items]
         request = RankRequest("", texts, np.zeros((len(texts), N_FEATURES), dtype=np.float32))
         try:
-            await ranker_client.rank([request], time.monotonic() + settings.embed_deadline_s)
+            for version in recommender.routed_versions() or [""]:
+                await ranker_client.rank([request], time.monotonic() + settings.embed_deadline_s, version)
         except RankerUnavailable as exc:
             log.info("ranker cache priming paused: %s", exc)
             return

@@ -72,3 +72,29 @@ def test_report_page_references_its_plots(demo_report: Path) -> None:
     for name in pngs:
         assert f"src='{name}'" in html
         assert (demo_report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_learning_loop_ran_and_its_ab_readout_is_in_the_report(demo_report: Path) -> None:
+    report = json.loads((demo_report / "report.json").read_text())
+    loop = report["loop"]
+    # Every impression's window closed: one example per shown item (k = 10), some of them clicked.
+    assert loop["examples"] == 10 * report["recommendations"]
+    assert loop["positives"] > 0 and loop["clicks_sent"] > 0
+    retrain = loop["retrain"]
+    assert retrain["decision"] in ("promoted", "not_better"), retrain
+    assert retrain["counts"]["examples"] > 0 and {"mrr", "ndcg@10"} <= retrain["base"].keys()
+    if retrain["decision"] == "promoted":
+        assert loop["published_version"] == retrain["version"]
+        assert int(retrain["version"]) >= 2 and retrain["publish"]["canary"]["ok"]
+        # The demo retires its version and takes it out of the served repository afterwards.
+        assert not (ROOT / "model_repo" / "ranker" / retrain["version"]).exists()
+    arms = loop["arms"]
+    assert {"phase1:control", "phase1:treatment", "phase2:control", "phase2:treatment"} <= arms.keys()
+    for arm in arms.values():
+        assert arm["impressions"] > 0
+        assert arm["ctr"]["low"] <= arm["ctr"]["value"] <= arm["ctr"]["high"]
+        assert arm["mrr"]["low"] <= arm["mrr"]["value"] <= arm["mrr"]["high"]
+    assert sum(a["impressions"] for a in arms.values()) == report["recommendations"]
+    assert all(v.endswith("/1") for v in arms["phase2:control"]["models"])  # control stays pinned
+    html = (demo_report / "index.html").read_text()
+    assert "Learning loop (simulated clicks)" in html and "CTR@10" in html

@@ -27,7 +27,7 @@ from stream import runtime
 from stream.agents import erasure, events, items, maintenance, queries, topics
 from stream.agents import feedback as feedback_agent
 from stream.app import settings
-from stream.itemstats import BUCKET_S, ItemStats
+from stream.itemstats import BUCKET_S, ItemStats, decode_message
 from stream.profile import Profile
 from stream.records import (
     DeadLetter,
@@ -125,9 +125,12 @@ def activities_sent(outputs: Outputs) -> dict[str, list[dict[str, Any]]]:
     by_item: dict[str, list[dict[str, Any]]] = {}
     for key, value in outputs["item-activity"]:
         assert key is not None
-        for activity in orjson.loads(value):
-            assert activity["item_id"] == key.decode()  # keyed by the item: one writer per item
-            by_item.setdefault(key.decode(), []).append(activity)
+        for item_id, rows in decode_message(key, orjson.loads(value)).items():
+            assert item_id == key.decode()  # keyed by the item: one writer per item
+            by_item.setdefault(item_id, []).extend(
+                {"activity_id": a, "ts": ts, "count": c, "co_items": [list(p) for p in co]}
+                for a, ts, c, co in rows
+            )
     return by_item
 
 
@@ -244,7 +247,7 @@ async def test_redelivery_after_a_restart_is_skipped_exactly(outputs: Outputs) -
     assert after.events_offset == 3
     assert after.recent_items[:3] == applied.recent_items
     # Downstream, only the new event produced activities: no item is counted twice.
-    new_ids = {x["activity_id"] for _, v in outputs["item-activity"][sent_before:] for x in orjson.loads(v)}
+    new_ids = {row[0] for _, v in outputs["item-activity"][sent_before:] for row in orjson.loads(v)}
     assert new_ids == {f"e3-{user}"}
 
 

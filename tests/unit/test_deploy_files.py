@@ -47,6 +47,13 @@ WORKER_METRICS: dict[str, set[str]] = {
     "streamrec_model_version": {"model"},
     "streamrec_impressions_total": {"variant"},
     "streamrec_explored_items_total": {"variant"},
+    "streamrec_coverage_items": {"variant"},
+    "streamrec_feedback_impressions_total": {"variant"},
+    "streamrec_feedback_clicked_total": {"variant"},
+    "streamrec_feedback_converted_total": {"variant"},
+    "streamrec_feedback_reciprocal_rank_sum_total": {"variant"},
+    "streamrec_feedback_outcomes_total": {"result"},
+    "streamrec_training_examples_total": {"label"},
 }
 HISTOGRAMS = {
     "streamrec_e2e_latency_seconds",

@@ -254,14 +254,18 @@ async def test_arms_route_to_their_versions_and_latest_follows_the_registry() ->
     requests = [(query(request_id=f"r-{u}", k=3).model_copy(update={"user_id": u}), buyer()) for u in users]
 
     outs = await rec.recommend(requests)  # nothing promoted: "latest" is Triton's default ("")
-    assert sorted(client.rank_versions) == ["", "1"]
+    assert sorted(client.rank_versions) == ["", "1"] == rec.routed_versions()
+    generation = rec.registry.generation
     assert [len(r) for r, _ in client.rank_calls] == [1, 1]  # one packed call per version
 
     rec.registry.apply(ModelVersion(model="ranker", version="2", status="promoted", ts=1.0))
     rec.registry.apply(ModelVersion(model="ranker", version="3", status="refused", ts=2.0))
     client.rank_versions.clear()
     outs = await rec.recommend(requests)
-    assert sorted(client.rank_versions) == ["1", "2"]  # never the refused 3
+    assert sorted(client.rank_versions) == ["1", "2"] == rec.routed_versions()  # never the refused 3
+    assert rec.registry.generation == generation + 2
+    rec.registry.apply(ModelVersion(model="ranker", version="2", status="promoted", ts=1.0))
+    assert rec.registry.generation == generation + 2  # a redelivered record changes nothing
     assert {o.variant: o.model.version for o in outs} == {"control": "1", "treatment": "2"}
 
 

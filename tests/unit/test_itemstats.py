@@ -16,9 +16,13 @@ from stream.itemstats import (
     PRUNE_AT,
     Activity,
     ItemStats,
+    MalformedActivity,
     activities_for,
+    activity_rows,
     apply_activity,
     apply_message,
+    apply_rows,
+    decode_message,
     knn_similarity,
     window_count,
 )
@@ -75,6 +79,68 @@ def test_pairs_are_capped_at_the_history_window() -> None:
 def test_activity_round_trips_through_json() -> None:
     a = Activity("e1", "x", T0, True, (("a", 1), ("b", 7)))
     assert Activity.from_dict(orjson.loads(orjson.dumps(a.to_dict()))) == a
+
+
+# --- the item-activity wire form (rows) ----------------------------------------------------------------
+
+
+def test_activity_rows_carry_exactly_what_activities_for_derives() -> None:
+    profile = history(*[f"i{n}" for n in range(HISTORY_FOR_COOC + 3)], "x", "i5")
+    rows = activity_rows(profile, "e7", "x", T0)
+    assert rows == [(a.item_id, a.to_row()) for a in activities_for(profile, "e7", "x", T0)]
+    assert len(rows) == 1 + HISTORY_FOR_COOC
+    assert activity_rows(history("a", "b", "x", "c", "b"), "e9", "x", T0) == [
+        ("x", ["e9", T0, True, [["b", 1], ["c", 2], ["a", 3]]]),
+        ("b", ["e9", T0, False, [["x", 1]]]),
+        ("c", ["e9", T0, False, [["x", 2]]]),
+        ("a", ["e9", T0, False, [["x", 3]]]),
+    ]
+
+
+def test_rows_fold_to_the_same_stats_as_activities_after_a_json_round_trip() -> None:
+    profile = history("a", "b", "x", "c", "b")
+    by_item: dict[str, list[list[object]]] = {}
+    for item_id, row in activity_rows(profile, "e9", "x", T0):
+        by_item.setdefault(item_id, []).append(row)
+    for item_id, rows in by_item.items():
+        decoded = decode_message(item_id.encode(), orjson.loads(orjson.dumps(rows)))
+        assert list(decoded) == [item_id]
+        expected = apply_message(
+            ItemStats(item_id),
+            [a for a in activities_for(profile, "e9", "x", T0) if a.item_id == item_id],
+            WINDOW,
+            5,
+        )
+        assert apply_rows(ItemStats(item_id), decoded[item_id], WINDOW, 5) == expected
+    assert apply_rows(expected, decoded[item_id], WINDOW, 5) is expected  # a redelivery
+
+
+def test_messages_in_the_earlier_object_form_still_decode() -> None:
+    old = [Activity("e1", "x", T0, True, (("a", 1),)).to_dict(), Activity("e2", "y", T0, False, ()).to_dict()]
+    decoded = decode_message(b"x", orjson.loads(orjson.dumps(old)))
+    assert decoded == {"x": [("e1", T0, True, (("a", 1),))], "y": [("e2", T0, False, ())]}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"activity_id": "e1"},  # not a list
+        [["e1", T0, True]],  # a row too short
+        [["e1", T0, "yes", []]],  # count not a boolean
+        [["e1", "soon", True, []]],  # ts not a number
+        [["e1", T0, True, [["a", "1"]]]],  # distance not an int
+        [["e1", T0, True, [[7, 1]]]],  # item not a string
+        [{"item_id": "x", "ts": T0, "count": True}],  # an old-form object without its id
+    ],
+)
+def test_malformed_messages_are_refused_with_a_reason(data: object) -> None:
+    with pytest.raises(MalformedActivity, match="item-activity"):
+        decode_message(b"x", data)
+
+
+def test_a_row_without_a_key_is_refused() -> None:
+    with pytest.raises(MalformedActivity, match="no key"):
+        decode_message(None, [["e1", T0, True, []]])
 
 
 # --- apply_activity -----------------------------------------------------------------------------------
