@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import ssl
+from collections.abc import Mapping
 from typing import Any
 
 import faust
+from faust.transport.drivers import aiokafka as aiokafka_driver
 
 from stream.settings import Settings, get_settings
 
@@ -30,10 +34,55 @@ def credentials(settings: Settings) -> Any:
     return None
 
 
+class IdempotentProducer(aiokafka_driver.Producer):
+    """faust-streaming 0.15 has no idempotence setting and enables it only inside transactions;
+    without it a send retried after a lost acknowledgement is written twice (an output or a
+    changelog entry). acks=all is what idempotence requires."""
+
+    def _settings_extra(self) -> Mapping[str, Any]:
+        return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
+
+
+class IdempotentTransport(aiokafka_driver.Transport):
+    Producer = IdempotentProducer
+
+
+log = logging.getLogger(__name__)
+
+# The exit status of a worker stopped by an agent's unexpected error (EX_SOFTWARE).
+AGENT_CRASH_EXIT = 70
+
+
+class App(faust.App):
+    """The Faust app: an idempotent producer (outputs and changelogs), and a worker that stops
+    rather than skip a batch an agent failed on."""
+
+    def _new_transport(self) -> Any:
+        return IdempotentTransport(self.conf.broker_consumer, self)
+
+    def _new_producer_transport(self) -> Any:
+        return IdempotentTransport(self.conf.broker_producer, self)
+
+    async def _on_agent_error(self, agent: Any, exc: BaseException) -> None:
+        """Faust commits on an agent's error and restarts it, and ``take_events`` acks the batch
+        that raised once its generator is closed: the batch's events are silently lost (seen with
+        a full disk: RocksDB ``put`` failing mid-batch). Exiting here, before anything else runs on
+        the event loop, leaves their offsets uncommitted, so a restarted worker processes them."""
+        log.critical(
+            "agent %s crashed: %r; exiting with status %d so that its batch is processed again "
+            "after a restart",
+            agent.name,
+            exc,
+            AGENT_CRASH_EXIT,
+        )
+        logging.shutdown()
+        os._exit(AGENT_CRASH_EXIT)
+
+
 def create_app(settings: Settings) -> faust.App:
     datadir = settings.run_dir / "workers" / settings.worker_instance_id
     datadir.parent.mkdir(parents=True, exist_ok=True)
-    return faust.App(
+    return App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
         broker_credentials=credentials(settings),

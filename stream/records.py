@@ -30,6 +30,10 @@ MAX_CATEGORIES = 20
 MAX_ATTRIBUTES = 32
 MAX_K = 100
 MAX_MESSAGE_BYTES = 64 * 1024
+# A dead letter must fit in one Kafka message (1 MiB by default) whatever arrived; base64 adds a third,
+# so the raw value is kept whole up to 512 KiB (eight times any valid message) and cut beyond it.
+MAX_DEAD_LETTER_RAW = 512 * 1024
+MAX_DEAD_LETTER_KEY = 1024
 # Timestamps outside [MIN_TS, MAX_TS] (unix seconds) are rejected: 1990-01-01 .. 2100-01-01.
 MIN_TS = 631_152_000.0
 MAX_TS = 4_102_444_800.0
@@ -222,8 +226,10 @@ class DeadLetter(Contract):
     offset: int
     key: str | None
     reason: str
-    raw: str  # the original bytes, base64-encoded
+    raw: str  # the original bytes, base64-encoded (the first MAX_DEAD_LETTER_RAW of them)
     received_at: float
+    raw_size: int = 0  # the original value's length in bytes
+    raw_truncated: bool = False  # True when ``raw`` holds only the first MAX_DEAD_LETTER_RAW bytes
 
 
 M = TypeVar("M", bound=Contract)

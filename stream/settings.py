@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     broker_request_timeout_s: float = Field(default=40.0, gt=0, le=600)
     broker_commit_interval_s: float = Field(default=2.0, gt=0, le=60)
     stream_buffer_maxsize: int = Field(default=4096, ge=16)
+    # Per table partition (RocksDB): Faust's defaults (64 MiB x 3 write buffers, a 2 GiB block
+    # cache, each per partition) let a 30-minute soak grow the worker by 600 MB (docs/reliability.md).
+    rocksdb_write_buffer_mb: int = Field(default=4, ge=1, le=256)
+    rocksdb_block_cache_mb: int = Field(default=8, ge=1, le=4096)
     ingest_batch_max: int = Field(default=1000, ge=1)
     ingest_batch_within_s: float = Field(default=0.05, gt=0, le=10)
     query_batch_max: int = Field(default=32, ge=1, le=256)

@@ -280,7 +280,7 @@ def _replay_phases(
     if loop is None:
         return asyncio.run(_replay_live(settings, replay, opts, console))
     half = len(replay.stream) // 2
-    _, sent, started = asyncio.run(
+    first, sent, started = asyncio.run(
         _replay_live(settings, ReplayPlan(replay.items, replay.stream[:half]), opts, console)
     )
     with console.status("closing the feedback windows of phase 1 (A/A: both arms on version 1)"):
@@ -292,6 +292,12 @@ def _replay_phases(
     )
     second = ReplayPlan(replay.items, replay.stream[half:])
     watcher, sent2, _ = asyncio.run(_replay_live(settings, second, opts, console))
+    # The second watcher reads the topic from the start: phase 1's answers keep the arrival times
+    # the first watcher saw (a message is its (request_id, produced_at)).
+    seen = {(r["request_id"], r["produced_at"]) for r in first.received}
+    watcher.received = first.received + [
+        r for r in watcher.received if (r["request_id"], r["produced_at"]) not in seen
+    ]
     with console.status("closing the feedback windows of phase 2"):
         loop.close_windows()
     return watcher, sent + sent2, started

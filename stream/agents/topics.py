@@ -10,7 +10,14 @@ from typing import Any, TypeVar
 
 from stream.app import app, settings
 from stream.metrics import reason_label
-from stream.records import Contract, DeadLetter, InvalidMessage, parse
+from stream.records import (
+    MAX_DEAD_LETTER_KEY,
+    MAX_DEAD_LETTER_RAW,
+    Contract,
+    DeadLetter,
+    InvalidMessage,
+    parse,
+)
 from stream.runtime import metrics
 from stream.topics import TOPIC_SPECS
 
@@ -58,16 +65,22 @@ def dead_letter(event: Any, reason: str) -> None:
     """Send the raw message with its origin and ``reason`` to ``dead-letters``; never raises."""
     msg = event.message
     topic = str(msg.topic).removeprefix(settings.topic_prefix)
+    raw = msg.value or b""
+    # Bounded, so that the dead letter of a near-1 MiB message is not itself too large to send (a
+    # send error there crashed the whole worker).
+    key = msg.key[:MAX_DEAD_LETTER_KEY] if isinstance(msg.key, bytes) else None
     record = DeadLetter(
         topic=msg.topic,
         partition=msg.partition,
         offset=msg.offset,
-        key=msg.key.decode("utf-8", errors="replace") if isinstance(msg.key, bytes) else None,
+        key=key.decode("utf-8", errors="replace") if key is not None else None,
         reason=reason,
-        raw=base64.b64encode(msg.value or b"").decode("ascii"),
+        raw=base64.b64encode(raw[:MAX_DEAD_LETTER_RAW]).decode("ascii"),
         received_at=time.time(),
+        raw_size=len(raw),
+        raw_truncated=len(raw) > MAX_DEAD_LETTER_RAW,
     )
     metrics.invalid.labels(topic=topic).inc()
     metrics.dead_letters.labels(topic=topic, reason=reason_label(reason)).inc()
     log.warning("dead-lettered %s[%s]@%s: %s", msg.topic, msg.partition, msg.offset, reason)
-    dead_letters_topic.send_soon(key=msg.key, value=record.to_json())
+    dead_letters_topic.send_soon(key=key, value=record.to_json())

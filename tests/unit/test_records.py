@@ -367,7 +367,17 @@ def test_dead_letter_and_confirmation_json_are_plain() -> None:
         topic="events", partition=1, offset=7, key=None, reason="bad", raw="eA==", received_at=TS
     )
     data = orjson.loads(letter.to_json())
-    assert set(data) == {"topic", "partition", "offset", "key", "reason", "raw", "received_at"}
+    assert set(data) == {
+        "topic",
+        "partition",
+        "offset",
+        "key",
+        "reason",
+        "raw",
+        "received_at",
+        "raw_size",
+        "raw_truncated",
+    }
     assert data["key"] is None
     confirmation = ErasureConfirmation(user_id="u", request_id=None, erased_at=TS, tables=["profiles"])
     assert orjson.loads(confirmation.to_json()) == {

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import secrets
 import subprocess
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 
 from stream.settings import ROOT, Settings
@@ -18,18 +20,22 @@ def process(settings: Settings) -> ManagedProcess:
     return ManagedProcess("kafka", settings.run_dir)
 
 
-def server_properties(settings: Settings, data_dir: Path) -> str:
+def server_properties(settings: Settings, data_dir: Path, sasl_users: Mapping[str, str] | None = None) -> str:
+    """The broker's configuration; with ``sasl_users`` (name -> password) its client listener
+    speaks SASL_PLAINTEXT with the PLAIN mechanism and accepts only those users."""
     host = settings.kafka_host
+    client = "SASL_PLAINTEXT" if sasl_users else "PLAINTEXT"
     return "\n".join(
         [
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.voters=1@{host}:{settings.kafka_controller_port}",
-            f"listeners=PLAINTEXT://{host}:{settings.kafka_port},CONTROLLER://{host}:{settings.kafka_controller_port}",
-            f"advertised.listeners=PLAINTEXT://{host}:{settings.kafka_port}",
+            f"listeners={client}://{host}:{settings.kafka_port},CONTROLLER://{host}:{settings.kafka_controller_port}",
+            f"advertised.listeners={client}://{host}:{settings.kafka_port}",
             "controller.listener.names=CONTROLLER",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            "inter.broker.listener.name=PLAINTEXT",
+            f"listener.security.protocol.map={client}:{client},CONTROLLER:PLAINTEXT",
+            f"inter.broker.listener.name={client}",
+            *(_sasl_plain_properties(sasl_users) if sasl_users else []),
             f"log.dirs={data_dir}",
             f"num.partitions={settings.topic_partitions}",
             # Topics are created explicitly with the partition counts the tables expect.
@@ -47,6 +53,26 @@ def server_properties(settings: Settings, data_dir: Path) -> str:
             "",
         ]
     )
+
+
+def _sasl_plain_properties(users: Mapping[str, str]) -> list[str]:
+    """PLAIN on the client listener (JAAS in the server properties). The broker's own login, for
+    inter-broker traffic on that listener, is a throwaway credential made here, never stored."""
+    broker_password = secrets.token_hex(16)
+    accounts = {"broker": broker_password, **users}
+    for name, password in accounts.items():
+        if not (name.isidentifier() and password.isprintable() and '"' not in password):
+            raise StackError(
+                f"SASL user {name!r}: names must be identifiers, passwords printable without quotes"
+            )
+    entries = " ".join(f'user_{name}="{password}"' for name, password in accounts.items())
+    return [
+        "sasl.enabled.mechanisms=PLAIN",
+        "sasl.mechanism.inter.broker.protocol=PLAIN",
+        "listener.name.sasl_plaintext.plain.sasl.jaas.config="
+        "org.apache.kafka.common.security.plain.PlainLoginModule required "
+        f'username="broker" password="{broker_password}" {entries};',
+    ]
 
 
 def _classpath(settings: Settings) -> str:
@@ -92,7 +118,10 @@ def metadata_ok(settings: Settings, timeout_s: float = 3.0) -> bool:
     async def probe() -> bool:
         from aiokafka import AIOKafkaClient
 
-        client = AIOKafkaClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=2000)
+        from workers.kafka_clients import client_kwargs
+
+        # With the settings' security (SASL/SSL), so that a secured broker is probed as clients see it.
+        client = AIOKafkaClient(**client_kwargs(settings), request_timeout_ms=2000)
         try:
             await asyncio.wait_for(client.bootstrap(), timeout_s)
             return bool(client.cluster.brokers())
@@ -104,8 +133,11 @@ def metadata_ok(settings: Settings, timeout_s: float = 3.0) -> bool:
     return asyncio.run(probe())
 
 
-def start(settings: Settings) -> float:
-    """Start the broker (formatting storage on first use) and wait for metadata; returns seconds."""
+def start(settings: Settings, sasl_users: Mapping[str, str] | None = None) -> float:
+    """Start the broker (formatting storage on first use) and wait for metadata; returns seconds.
+
+    ``sasl_users``: see ``server_properties``; the readiness probe then logs in with the settings'
+    SASL credentials."""
     proc = process(settings)
     if proc.pid() is not None and metadata_ok(settings):
         return 0.0
@@ -114,7 +146,7 @@ def start(settings: Settings) -> float:
     data_dir = settings.run_dir / "kafka-data"
     config = settings.run_dir / "kafka.properties"
     settings.run_dir.mkdir(parents=True, exist_ok=True)
-    config.write_text(server_properties(settings, data_dir))
+    config.write_text(server_properties(settings, data_dir, sasl_users))
     _format_storage(settings, config, data_dir)
     proc.start(_java(settings, "kafka.Kafka", str(config)))
     return proc.wait_ready(lambda: metadata_ok(settings), timeout_s=90)

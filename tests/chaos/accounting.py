@@ -1,0 +1,253 @@
+"""Exact accounting of a chaos scenario: queries sent vs recommendations received, and the profiles
+changelog vs the pure fold of every event and query in the topics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiokafka.partitioner import murmur2
+
+from stream.records import Item, Query
+from stream.settings import Settings
+from tests.support.stack import read_json_topic
+from tests.support.state import changelog_state, divergence, expected_profiles
+from workers.kafka_clients import producer
+
+REPORT_ENV = "STREAMREC_CHAOS_REPORT"
+
+COLUMNS = (
+    "scenario",
+    "sent",
+    "received",
+    "distinct",
+    "duplicates",
+    "missing",
+    "divergent users",
+    "fallback",
+    "recovery (s)",
+    "recovery measured",
+)
+
+
+@dataclass(frozen=True)
+class Accounting:
+    """What one scenario measured; ``row()`` is its line in docs/reliability.md."""
+
+    scenario: str
+    sent: int
+    received: int
+    distinct: int
+    missing: int
+    users: int
+    divergent: int
+    fallback: int
+    recovery_s: float | None
+    recovery_what: str = ""
+    max_answers: int = 0
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def duplicates(self) -> int:
+        return self.received - self.distinct
+
+    def row(self) -> str:
+        recovery = "not recovered" if self.recovery_s is None else f"{self.recovery_s:.1f}"
+        cells = [
+            self.scenario,
+            self.sent,
+            self.received,
+            self.distinct,
+            self.duplicates,
+            self.missing,
+            f"{self.divergent} of {self.users}",
+            self.fallback,
+            recovery,
+            self.recovery_what,
+        ]
+        return "| " + " | ".join(str(c) for c in cells) + " |"
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "duplicates": self.duplicates}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, line: str) -> Accounting:
+        data = json.loads(line)
+        data.pop("duplicates", None)
+        return cls(**data)
+
+    def report(self) -> Accounting:
+        """Append this row to the file named by ``STREAMREC_CHAOS_REPORT`` (if set), even when the
+        test then fails: the table must show what was measured, not what was hoped for."""
+        target = os.environ.get(REPORT_ENV)
+        if target:
+            with Path(target).open("a", encoding="utf-8") as out:
+                out.write(self.to_json() + "\n")
+        return self
+
+
+def table(rows: Iterable[Accounting]) -> str:
+    head = "| " + " | ".join(COLUMNS) + " |"
+    rule = "|" + "|".join(" --- " for _ in COLUMNS) + "|"
+    return "\n".join([head, rule, *(r.row() for r in rows)])
+
+
+# --- answers -------------------------------------------------------------------------------------
+
+
+def answers(settings: Settings) -> list[dict[str, Any]]:
+    return read_json_topic(settings, "recommendations")
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 2.0) -> bool:
+    """Like ``wait_for`` but returns False on timeout: the accounting then shows what is missing."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval_s)
+
+
+def account(
+    scenario: str,
+    settings: Settings,
+    sent: Iterable[str],
+    items: dict[str, Item],
+    recovery_s: float | None,
+    recovery_what: str,
+    answer_timeout_s: float = 120.0,
+    state_timeout_s: float = 60.0,
+    **notes: Any,
+) -> Accounting:
+    """Wait (bounded) for every sent query to be answered and the changelog to settle, then count."""
+    sent_ids = set(sent)
+
+    def answered() -> bool:
+        return sent_ids <= {a["request_id"] for a in answers(settings)}
+
+    wait_until(answered, answer_timeout_s, interval_s=1.0)
+    expected = expected_profiles(settings, items)
+    wait_until(lambda: changelog_state(settings, "profiles") == expected, state_timeout_s, interval_s=1.5)
+    diverging = divergence(changelog_state(settings, "profiles"), expected)
+    ours = [a for a in answers(settings) if a["request_id"] in sent_ids]
+    counts = Counter(a["request_id"] for a in ours)
+    if diverging:
+        notes["first_divergent"] = dict(list(diverging.items())[:2])
+    missing = sorted(sent_ids - set(counts))
+    if missing:
+        notes["first_missing"] = missing[:5]
+    return Accounting(
+        scenario=scenario,
+        sent=len(sent_ids),
+        received=len(ours),
+        distinct=len(counts),
+        missing=len(missing),
+        users=len(set(expected) | set(changelog_state(settings, "profiles"))),
+        divergent=len(diverging),
+        fallback=sum(1 for a in ours if a["fallback"]),
+        recovery_s=recovery_s,
+        recovery_what=recovery_what,
+        max_answers=max(counts.values(), default=0),
+        notes=notes,
+    ).report()
+
+
+# --- probes --------------------------------------------------------------------------------------
+
+
+class Prober:
+    """Publishes a query every ``interval_s`` from its own thread and producer, so the time to
+    recover is measured from the fault's removal to the first answer of a query sent after it."""
+
+    def __init__(self, settings: Settings, users: list[str], prefix: str, interval_s: float = 0.25) -> None:
+        self.settings = settings
+        self.users = users
+        self.prefix = prefix
+        self.interval_s = interval_s
+        self.sent: list[Query] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def start(self) -> Prober:
+        self._thread.start()
+        return self
+
+    def stop(self) -> list[Query]:
+        self._stop.set()
+        self._thread.join(60)
+        return list(self.sent)
+
+    async def _run(self) -> None:
+        prod = producer(self.settings)
+        await prod.start()
+        try:
+            n = 0
+            while not self._stop.is_set():
+                query = Query(
+                    request_id=f"{self.prefix}-{n}",
+                    user_id=self.users[n % len(self.users)],
+                    text="comedy",
+                    ts=time.time(),
+                    k=10,
+                )
+                await prod.send(
+                    self.settings.topic("queries"), key=query.user_id.encode(), value=query.to_json()
+                )
+                self.sent.append(query)
+                n += 1
+                await asyncio.sleep(self.interval_s)
+            await prod.flush()
+        finally:
+            await prod.stop()
+
+    def recovery_s(
+        self, since: float, accept: Callable[[dict[str, Any]], bool] = lambda a: True
+    ) -> float | None:
+        """Seconds from ``since`` (wall clock) until every probed user (one per partition) has an
+        accepted answer to a probe sent after it: the slowest partition decides."""
+        after = {q.request_id: q.user_id for q in self.sent if q.ts >= since}
+        first: dict[str, float] = {}
+        for a in answers(self.settings):
+            user = after.get(a["request_id"])
+            if user is not None and accept(a):
+                first[user] = min(first.get(user, a["produced_at"]), a["produced_at"])
+        if set(first) != set(self.users):
+            return None
+        return max(first.values()) - since
+
+    def wait_recovered(
+        self,
+        since: float,
+        timeout_s: float,
+        accept: Callable[[dict[str, Any]], bool] = lambda a: True,
+    ) -> float | None:
+        """Keep probing until every partition answers (or ``timeout_s``); returns the recovery time."""
+        result: list[float | None] = [None]
+
+        def done() -> bool:
+            result[0] = self.recovery_s(since, accept)
+            return result[0] is not None
+
+        wait_until(done, timeout_s, interval_s=0.5)
+        return result[0]
+
+
+def one_user_per_partition(users: Iterable[str], partitions: int) -> list[str]:
+    """A user keyed to each partition (the producer's murmur2 partitioner), so probes reach every
+    partition, including those a dead worker owned."""
+    chosen: dict[int, str] = {}
+    for user in sorted(set(users)):
+        chosen.setdefault((murmur2(user.encode()) & 0x7FFFFFFF) % partitions, user)
+    if len(chosen) < partitions:
+        raise ValueError(f"users cover {len(chosen)} of {partitions} partitions")
+    return [chosen[p] for p in range(partitions)]
