@@ -90,7 +90,7 @@ class Settings(BaseSettings):
     ranker_concurrency: int = Field(default=4, ge=1, le=64)
     breaker_failure_rate: float = Field(default=0.5, gt=0, le=1)
     breaker_window: int = Field(default=20, ge=1)
-    breaker_open_s: float = Field(default=5.0, gt=0)
+    breaker_open_s: float = Field(default=2.0, gt=0)  # a probe every 2 s: ranking is back soon after Triton
 
     # --- experiments, diversity, exploration (stream/experiment.py; defaults keep one ranked list) ---
     experiment_salt: str = Field(default="streamrec-ab-1", min_length=1, max_length=64)

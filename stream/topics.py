@@ -37,5 +37,15 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
 )
 
 
+# The tables (stream/tables.py): their changelog topics are created with the input topics, before
+# Faust starts. Left to Faust, a changelog created at start-up could be seen by the consumer's first
+# metadata with 0 partitions, and the first write to its table failed with PartitionsMismatch.
+TABLES: tuple[str, ...] = ("profiles", "erasures", "items", "item-vectors", "item-stats", "feedback")
+
+
+def changelog_topic(settings: Settings, table: str) -> str:
+    return f"{settings.app_id}-{table}-changelog"
+
+
 def topic_names(settings: Settings) -> dict[str, str]:
     return {spec.name: settings.topic(spec.name) for spec in TOPIC_SPECS}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ssl
+import time
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -11,7 +13,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from stream.settings import Settings
-from stream.topics import TOPIC_SPECS
+from stream.topics import TABLES, TOPIC_SPECS, changelog_topic
 
 
 def client_kwargs(settings: Settings) -> dict[str, Any]:
@@ -44,6 +46,26 @@ def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
     )
 
 
+async def _until_served(
+    admin: AIOKafkaAdminClient, partitions: dict[str, int], timeout_s: float = 30.0
+) -> None:
+    """Wait until the broker's metadata shows every new topic with all its partitions led. A worker
+    whose first metadata misses a just-created topic ignores it and may own no partition at all
+    (seen on a freshly started broker)."""
+    deadline = time.monotonic() + timeout_s
+    missing = dict(partitions)
+    while missing:
+        for topic in await admin.describe_topics(list(missing)):
+            led = [p for p in topic["partitions"] if p["error_code"] == 0 and p["leader"] >= 0]
+            if topic["error_code"] == 0 and len(led) == missing.get(topic["topic"], -1):
+                missing.pop(topic["topic"], None)
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics not ready on the broker after {timeout_s:.0f}s: {sorted(missing)}")
+        await asyncio.sleep(0.2)
+
+
 async def ensure_topics(settings: Settings) -> list[str]:
     """Create streamrec's topics with explicit partition counts; returns the names created now."""
     admin = AIOKafkaAdminClient(**client_kwargs(settings), request_timeout_ms=15000)
@@ -60,10 +82,21 @@ async def ensure_topics(settings: Settings) -> list[str]:
             for spec in TOPIC_SPECS
             if settings.topic(spec.name) not in existing
         ]
+        wanted += [
+            NewTopic(
+                name=changelog_topic(settings, table),
+                num_partitions=settings.topic_partitions,
+                replication_factor=1,
+                topic_configs={"cleanup.policy": "compact"},
+            )
+            for table in TABLES
+            if changelog_topic(settings, table) not in existing
+        ]
         if wanted:
             # Another worker may have created them first.
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(wanted)
+            await _until_served(admin, {t.name: t.num_partitions for t in wanted})
         return [t.name for t in wanted]
     finally:
         await admin.close()

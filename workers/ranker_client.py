@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
+from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
 from tritonclient.utils import InferenceServerException
 
 from stream.breaker import BreakerState, CircuitBreaker, Permit
@@ -54,6 +55,26 @@ class RankRequest:
     features: np.ndarray  # (len(item_texts), N_FEATURES) float32
 
 
+# tritonclient's own channel options, plus a short reconnect backoff: gRPC's default grows to 120 s
+# while Triton is away, so a restarted Triton would wait that long for its first request (the
+# chaos suite's "ranking back < 5 s after Triton returns").
+CHANNEL_ARGS: list[tuple[str, Any]] = [
+    ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.keepalive_time_ms", KeepAliveOptions().keepalive_time_ms),
+    ("grpc.keepalive_timeout_ms", KeepAliveOptions().keepalive_timeout_ms),
+    ("grpc.keepalive_permit_without_calls", KeepAliveOptions().keepalive_permit_without_calls),
+    ("grpc.http2.max_pings_without_data", KeepAliveOptions().http2_max_pings_without_data),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
+def connect_triton(url: str) -> Any:
+    return grpcclient.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
+
+
 @dataclass(frozen=True)
 class RankResult:
     scores: list[np.ndarray]
@@ -65,7 +86,7 @@ class RankerClient:
         self,
         settings: Settings,
         metrics: Metrics,
-        connect: Callable[[str], Any] = grpcclient.InferenceServerClient,
+        connect: Callable[[str], Any] = connect_triton,
     ) -> None:
         """``connect(url)`` makes the ``tritonclient.grpc.aio`` client (tests pass a fake transport)."""
         self.settings = settings
