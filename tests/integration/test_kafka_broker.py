@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import defaultdict
+from pathlib import Path
+from unittest import mock
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from stream.settings import Settings
+from stream.settings import Settings, load_settings
 from workers.kafka_clients import client_kwargs, producer
+from workers.stack import kafka
 
 
 async def _roundtrip(settings: Settings, n: int, keys: int) -> dict[str, list[int]]:
@@ -60,3 +64,15 @@ def test_thousand_keyed_messages_none_lost_order_kept_per_key(isolated: Settings
     for key, vs in received.items():
         expected = [i for i in range(1000) if f"user-{i % 37}" == key]
         assert vs == expected, f"order kept for {key}"
+
+
+def test_storage_formats_with_a_cluster_id_that_starts_with_a_dash(tmp_path: Path) -> None:
+    # One random id in 64 starts with "-"; passed as "-t <id>" it was read as an option (seen in CI).
+    settings = load_settings()
+    data = tmp_path / "data"
+    config = tmp_path / "server.properties"
+    config.write_text(kafka.server_properties(settings, data))
+    dash_first = uuid.UUID(bytes=bytes([0xFB]) + bytes(15))  # url-safe base64 "-wAAA..."
+    with mock.patch.object(kafka.uuid, "uuid4", return_value=dash_first):
+        kafka._format_storage(settings, config, data)
+    assert "cluster.id=-wAAAAAAAAAAAAAAAAAAAA" in (data / "meta.properties").read_text()

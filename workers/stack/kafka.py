@@ -101,7 +101,8 @@ def _format_storage(settings: Settings, config: Path, data_dir: Path) -> None:
     # Kafka wants a random UUID as 22 characters of url-safe base64.
     cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     result = subprocess.run(
-        _java(settings, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)),
+        # "--cluster-id=<id>": an id starting with "-" (1 in 64) would otherwise read as an option.
+        _java(settings, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(config)),
         capture_output=True,
         text=True,
         check=False,
