@@ -22,7 +22,7 @@ from stream.settings import Settings
 from workers.clicksim import ClickModel, ClickSimulator, held_out
 from workers.loop.examples import read_topic
 from workers.movielens import load_interactions
-from workers.online_metrics import ArmMetrics, by_arm, dedupe, difference
+from workers.online_metrics import ArmMetrics, Interval, by_arm, dedupe, difference
 
 # Short windows so the demo closes them in seconds (production: STREAMREC_FEEDBACK_WINDOW_S=1800).
 LOOP_ENV = {
@@ -112,16 +112,16 @@ class Loop:
             "published_version": self.published,
             "arms": {name: m.as_dict() for name, m in arms.items()},
             "ctr_lift": {
-                phase: _lift(arms, phase).__dict__
+                phase: lift.__dict__
                 for phase in ("phase1", "phase2")
-                if _lift(arms, phase) is not None
+                if (lift := _lift(arms, phase)) is not None
             },
             "window_s": float(LOOP_ENV["STREAMREC_FEEDBACK_WINDOW_S"]),
             "simulation": ClickModel().__dict__,
         }
 
 
-def _lift(arms: dict[str, ArmMetrics], phase: str) -> Any:
+def _lift(arms: dict[str, ArmMetrics], phase: str) -> Interval | None:
     control, treatment = arms.get(f"{phase}:control"), arms.get(f"{phase}:treatment")
     if control is None or treatment is None:
         return None
