@@ -17,6 +17,7 @@ class Metrics:
     invalid: Counter
     dead_letters: Counter
     queries: Counter
+    repeated_queries: Counter
     recommendations: Counter
     fallbacks: Counter
     e2e_latency: Histogram
@@ -50,6 +51,11 @@ class Metrics:
                 f"{p}dead_letters", "Messages sent to the dead-letter topic", ["topic", "reason"], registry=r
             ),
             queries=Counter(f"{p}queries", "Recommendation requests handled", registry=r),
+            repeated_queries=Counter(
+                f"{p}repeated_queries",
+                "Queries this worker had answered, handed to it again (a seek back) and not answered twice",
+                registry=r,
+            ),
             recommendations=Counter(
                 f"{p}recommendations", "Recommendations published", ["fallback"], registry=r
             ),

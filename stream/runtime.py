@@ -15,6 +15,7 @@ from typing import Any
 import faust
 from prometheus_client import REGISTRY
 
+from stream.answered import AnsweredRequests
 from stream.app import app, settings
 from stream.catalog import CatalogIndex
 from stream.follower import ChangelogFollower, ItemView
@@ -37,6 +38,7 @@ class Warmup:
 
 
 metrics = Metrics.create(REGISTRY)
+answered = AnsweredRequests()
 warmup = Warmup()
 catalog = CatalogIndex()
 snapshot = Snapshot()

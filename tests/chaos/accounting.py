@@ -143,6 +143,15 @@ def account(
     counts = Counter(a["request_id"] for a in ours)
     if diverging:
         notes["first_divergent"] = dict(list(diverging.items())[:2])
+    most = max(counts.values(), default=0)
+    if most > 1:
+        # When each answer of the most-answered request was produced tells a crash's replay apart
+        # from a later rebalance's.
+        worst = next(r for r, n in counts.items() if n == most)
+        notes["most_answered"] = {
+            "request_id": worst,
+            "produced_at": sorted(round(a["produced_at"], 2) for a in ours if a["request_id"] == worst),
+        }
     missing = sorted(sent_ids - set(counts))
     if missing:
         notes["first_missing"] = missing[:5]
@@ -157,7 +166,7 @@ def account(
         fallback=sum(1 for a in ours if a["fallback"]),
         recovery_s=recovery_s,
         recovery_what=recovery_what,
-        max_answers=max(counts.values(), default=0),
+        max_answers=most,
         notes=notes,
     ).report()
 

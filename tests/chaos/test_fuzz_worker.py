@@ -197,22 +197,22 @@ def test_fuzzed_input_through_a_real_worker(
     # the worker. Nothing else may be refused.
     assert refused == [c for c in cases if c.topic == "items" and c.key is None and c.value is not None]
     invalid = [c for c in cases if not c.valid and c not in refused]
-    valid_queries = Counter(
+    valid_queries = {
         parse(Query, c.value, c.key, key_field="user_id").request_id
         for c in cases
         if c.topic == "queries" and c.valid
-    )
+    }
 
     assert_dead_lettered(isolated, invalid)
 
-    # Every valid query answered exactly once (a request_id drawn twice is answered twice).
+    # Every valid request_id answered exactly once: one sent twice (a retry, or a re-send) is not
+    # answered twice (docs/topics.md).
     def answers() -> Counter[str]:
         return Counter(r["request_id"] for r in read_json_topic(isolated, "recommendations"))
 
-    wait_for(
-        lambda: sum(answers().values()) >= valid_queries.total(), timeout_s=60, what="valid queries answered"
-    )
-    assert answers() == valid_queries
+    wait_for(lambda: set(answers()) >= valid_queries, timeout_s=60, what="valid queries answered")
+    time.sleep(2.0)  # a second answer, were there one, would come in the next batch
+    assert answers() == Counter(valid_queries)
 
     # Every valid erasure request confirmed once.
     erasures = Counter(
@@ -261,7 +261,7 @@ def test_fuzzed_input_through_a_real_worker(
     )
     wait_for(lambda: answers()["canary-1"] == 1, timeout_s=30, what="canary answered")
     print(
-        f"fuzz: {len(cases)} messages ({len(invalid)} invalid, {valid_queries.total()} valid queries, "
+        f"fuzz: {len(cases)} messages ({len(invalid)} invalid, {len(valid_queries)} valid request ids, "
         f"{len(valid_events)} valid events with {sum(n - 1 for n in event_ids.values())} duplicate ids) "
         f"processed in {time.monotonic() - started:.1f}s"
     )

@@ -17,7 +17,7 @@ from workers.supervisor import WorkerProcess, metric_value
 # takeover can add one more: the survivor may be rebalanced again (the dead static member leaving)
 # before it commits the tail it took over, and processes that tail once more.
 MAX_ANSWERS_AFTER_ONE_CRASH = 2
-MAX_ANSWERS_AFTER_TAKEOVER = 3
+MAX_ANSWERS_AFTER_TAKEOVER = 2
 RECOVERY_TARGET_S = 30.0
 
 

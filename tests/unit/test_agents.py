@@ -341,6 +341,25 @@ async def test_each_valid_query_gets_exactly_one_fallback_recommendation(
     assert b"__faust" not in outputs["recommendations"][0][1]
 
 
+async def test_a_query_handed_over_again_is_answered_once(outputs: Outputs, world: list[str]) -> None:
+    # Faust's recovery can process a partition, then seek it back to the committed offset: the same
+    # queries arrive again in the same process (stream.answered).
+    user, other = fresh("u"), fresh("u")
+    repeated = runtime.metrics.repeated_queries
+    before = repeated._value.get()
+    with mock.patch.object(runtime.recommender, "client", FakeRanker(error=RankerUnavailable("deadline"))):
+        async with queries.answer_queries.test_context() as agent:
+            await agent.put(value=query_bytes("r-" + user, user, text="noir"), key=user.encode())
+            await wait_for(outputs.recommendations)
+            for _ in range(2):
+                await agent.put(value=query_bytes("r-" + user, user, text="noir"), key=user.encode())
+            await agent.put(value=query_bytes("r-" + other, other), key=other.encode())
+            await wait_for(lambda: len(outputs["recommendations"]) >= 2)
+            await settle()
+    assert sorted(r.request_id for r in outputs.recommendations()) == sorted(["r-" + user, "r-" + other])
+    assert repeated._value.get() == before + 2
+
+
 async def test_ranker_scores_order_the_recommendation(outputs: Outputs, world: list[str]) -> None:
     user = fresh("u")
     fake = FakeRanker(version="9")
