@@ -18,6 +18,7 @@ import asyncio
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -201,7 +202,7 @@ def run_system(
         log.parent.mkdir(parents=True, exist_ok=True)
         proc = subprocess.Popen(
             [sys.executable, str(ROOT / "bench" / "naive_baseline.py")],
-            env=env,
+            env={**env, "STREAMREC_EXIT_WITH_PARENT_PID": str(os.getpid())},
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=log.open("ab"),
@@ -367,6 +368,9 @@ def overhead_bs1(base: Settings, n: int = 200) -> dict[str, float]:
 
 
 def main() -> None:
+    # SIGTERM runs the cleanup below (workers stopped) like Ctrl-C does; after a SIGKILL the workers
+    # stop themselves once this process is gone (STREAMREC_EXIT_WITH_PARENT_PID).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short windows, fewer rates (< 5 minutes)")
     parser.add_argument(

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     app_id: str = Field(default="streamrec", pattern=r"^[A-Za-z0-9._-]+$")
     store_url: Literal["rocksdb://", "memory://"] = "rocksdb://"
     worker_instance_id: str = Field(default="worker-0", pattern=r"^[A-Za-z0-9._-]+$")
+    # Set by a supervising process (tests, benchmarks) to its pid: the worker stops once that process
+    # is gone, instead of running on as an orphan (one ate a third of a core for 2 h).
+    exit_with_parent_pid: int | None = Field(default=None, ge=1)
     web_host: str = "127.0.0.1"
     web_port: Port = 6066
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -98,7 +98,11 @@ class RankerClient:
         for model in (settings.ranker_model, settings.encoder_model):
             self._breaker(model)
         self._client: Any = None
+        # Breakers that failed on something other than a deadline since they last closed: only such a
+        # failure says Triton may have restarted (cold caches). A server that was merely slow keeps its
+        # caches, and re-priming the whole catalog after every overload made the overload worse.
         self.recoveries = 0
+        self._maybe_cold: set[str] = set()
         self._slots = asyncio.Semaphore(settings.ranker_concurrency)
 
     async def __aenter__(self) -> RankerClient:
@@ -235,10 +239,13 @@ class RankerClient:
         except InferenceServerException as exc:
             outcome = False
             cause = "deadline" if "Deadline" in str(exc) else "triton_error"
+            if cause != "deadline":
+                self._maybe_cold.add(key)
             transient = exc.status() in TRANSIENT_STATUSES
             raise RankerUnavailable(cause, str(exc)[:200], transient=transient) from None
         except OSError as exc:
             outcome = False
+            self._maybe_cold.add(key)
             raise RankerUnavailable("connection", str(exc)[:200], transient=True) from None
         finally:
             if outcome is None:  # cancelled or an unexpected error: the call proved nothing
@@ -256,8 +263,10 @@ class RankerClient:
         breaker = self.breakers[model]
         was_open = breaker.state is not BreakerState.CLOSED
         breaker.record(ok, permit)
-        if was_open and breaker.state is BreakerState.CLOSED:
-            self.recoveries += 1  # Triton may have restarted with cold caches
+        if ok and breaker.state is BreakerState.CLOSED:
+            if was_open and model in self._maybe_cold:
+                self.recoveries += 1  # Triton may have restarted with cold caches
+            self._maybe_cold.discard(model)
         self._publish_breaker(model)
 
     def _breaker(self, key: str) -> CircuitBreaker:

@@ -46,7 +46,11 @@ class WorkerProcess:
         return int(self.env["STREAMREC_WEB_PORT"])
 
     def start(self) -> WorkerProcess:
-        env = {**self.env, "STREAMREC_WORKER_INSTANCE_ID": self.name}
+        env = {
+            **self.env,
+            "STREAMREC_WORKER_INSTANCE_ID": self.name,
+            "STREAMREC_EXIT_WITH_PARENT_PID": str(os.getpid()),
+        }
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(

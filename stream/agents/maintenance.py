@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import time
 from typing import Any
 
@@ -38,7 +40,19 @@ async def refresh_snapshot() -> None:
 
 
 log = logging.getLogger(__name__)
-PRIME_CHUNK = 64
+# Small chunks with a pause between them: a 64-item chunk held the single ranker instance for a few
+# hundred ms, and live queries queued behind it missed their deadline (fallbacks right after a
+# publish, which re-primes every routed version). 16 items is ~0.1 s of encoder work.
+PRIME_CHUNK = 16
+PRIME_PAUSE_S = 0.05
+
+
+@app.timer(interval=2.0)
+async def stop_when_orphaned() -> None:
+    """Stop (gracefully, as on SIGTERM) once the supervising process named in the settings is gone."""
+    if settings.exit_with_parent_pid is not None and os.getppid() != settings.exit_with_parent_pid:
+        log.warning("supervisor %d is gone: stopping", settings.exit_with_parent_pid)
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 @app.timer(interval=5.0)
@@ -68,7 +82,7 @@ async def prime_ranker_cache() -> None:
             log.info("ranker cache priming paused: %s", exc)
             return
         warmup.primed_items.update(chunk)
-        await asyncio.sleep(0)  # let the agents run between chunks
+        await asyncio.sleep(PRIME_PAUSE_S)  # live queries get the ranker between chunks
     if pending:
         log.info("ranker item cache primed with %d items in %.1fs", len(pending), time.monotonic() - started)
 

@@ -34,6 +34,7 @@ WORKER_METRICS: dict[str, set[str]] = {
     "streamrec_invalid_events_total": {"topic"},
     "streamrec_dead_letters_total": {"topic", "reason"},
     "streamrec_queries_total": set(),
+    "streamrec_repeated_queries_total": set(),
     "streamrec_recommendations_total": {"fallback"},
     "streamrec_fallbacks_total": {"cause"},
     "streamrec_e2e_latency_seconds": set(),

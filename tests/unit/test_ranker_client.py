@@ -422,6 +422,41 @@ async def test_a_successful_probe_after_the_pause_closes_the_breaker() -> None:
     assert client.recoveries == 1
 
 
+async def test_a_slow_server_is_not_counted_as_a_restart() -> None:
+    # Deadlines open the breaker but say nothing about Triton's caches: no re-priming of the catalog
+    # (stream.agents.maintenance) after an overload. A server that refused connections does count.
+    now = [1000.0]
+    clock: Callable[[], float] = lambda: now[0]  # noqa: E731
+    slow = [InferenceServerException("Deadline Exceeded", "StatusCode.DEADLINE_EXCEEDED") for _ in range(5)]
+    fake = FakeTriton(failures=slow)
+    client = await started(fake, breaker_window=5, breaker_open_s=5.0)
+    client.breakers["ranker"]._clock = clock
+    for _ in range(5):
+        with pytest.raises(RankerUnavailable) as info:
+            await client.rank([request("q", 0, 1)], soon())
+        assert info.value.cause == "deadline"
+    assert client.breaker_state() is BreakerState.OPEN
+    now[0] += 5.0
+    await client.rank([request("q", 1, 1)], soon())
+    assert client.breaker_state() is BreakerState.CLOSED
+    assert client.recoveries == 0
+
+    # A refusal answered by the retry leaves the breaker closed: nothing to re-prime.
+    fake.failures.append(InferenceServerException("connection refused", UNAVAILABLE))
+    await client.rank([request("q", 1, 1)], soon())
+    assert client.recoveries == 0
+    # Refused until the breaker opens (Triton down), then answered again: a restart, caches cold.
+    fake.failures.extend(InferenceServerException("connection refused", UNAVAILABLE) for _ in range(20))
+    while client.breaker_state() is not BreakerState.OPEN:
+        with pytest.raises(RankerUnavailable):
+            await client.rank([request("q", 1, 1)], soon())
+    fake.failures.clear()
+    now[0] += 5.0
+    await client.rank([request("q", 1, 1)], soon())
+    assert client.breaker_state() is BreakerState.CLOSED
+    assert client.recoveries == 1
+
+
 async def test_a_failing_version_opens_only_its_own_breaker() -> None:
     fake = FakeTriton(failures=[InferenceServerException("no v2", "StatusCode.NOT_FOUND") for _ in range(5)])
     client = await started(fake, breaker_window=5, breaker_failure_rate=0.5, breaker_open_s=60.0)
