@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -39,7 +40,7 @@ from stream.settings import Settings, load_settings  # noqa: E402
 from workers.kafka_clients import client_kwargs, producer  # noqa: E402
 from workers.replay import plan, publish_items, publish_stream, query_text  # noqa: E402
 from workers.stack import control  # noqa: E402
-from workers.supervisor import WorkerProcess, free_port, metric_value, settings_for  # noqa: E402
+from workers.supervisor import WorkerProcess, free_port, metric_value, settings_for, supervised_env  # noqa: E402
 
 MAX_FALLBACK_SHARE = 0.05
 
@@ -190,56 +191,60 @@ def run_system(
     replay = plan(warm_events, 0, seed=1)
     result = SystemResult(name)
     log = base.run_dir / f"bench-{name}.log"
-    if name == "streamrec":
-        worker = WorkerProcess(env, log).start()
-        pid_of = worker
-        worker.wait_ready(timeout_s=120)
-        asyncio.run(publish_items(settings, replay.items))
-        worker.wait_ready(timeout_s=600, catalog_items=len(replay.items), vectors=True, primed=True)
-        pid = worker.proc.pid if worker.proc else 0
-    else:
-        asyncio.run(publish_items(settings, replay.items))
-        log.parent.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "bench" / "naive_baseline.py")],
-            env={**env, "STREAMREC_EXIT_WITH_PARENT_PID": str(os.getpid())},
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=log.open("ab"),
-            text=True,
-        )
-        assert proc.stdout is not None
-        if proc.stdout.readline().strip() != "ready":
-            raise RuntimeError(f"baseline did not start; see {log}")
-        pid, pid_of = proc.pid, None
-    ingest = None
-    started = time.monotonic()
-    asyncio.run(publish_stream(settings, replay.stream))
-    if pid_of is not None:
-        while metric_value(pid_of.metrics(), "streamrec_events_total") < len(replay.stream):
-            time.sleep(0.2)
-        ingest = len(replay.stream) / (time.monotonic() - started)
-    else:
-        time.sleep(3.0)
-    users = sorted({m.user_id for m in replay.stream})
-    # A short unrecorded window first: caches, connections and JIT-free Python paths warm up.
-    asyncio.run(load_window(settings, users, replay.items, rates[0], 5.0, pid))
-    for rate in rates:
-        window = asyncio.run(load_window(settings, users, replay.items, rate, seconds, pid))
-        result.windows.append(window)
-        print(
-            f"  {name:9} {rate:6.1f} q/s  answered {window.answered}/{window.sent}  "
-            f"p50 {window.p(50):7.1f}  p99 {window.p(99):7.1f} ms  fallback {window.fallbacks}",
-            file=sys.stderr,
-        )
-        if not window.sustained and window.p(99) > 5000:
-            break  # far past saturation: higher rates tell nothing more
-    if pid_of is not None:
-        pid_of.stop()
-    else:
-        proc.terminate()
-        proc.wait(30)
+    # Stopped however this ends (an error, Ctrl-C, SIGTERM): a benchmark leaves no worker behind.
+    with contextlib.ExitStack() as cleanup:
+        if name == "streamrec":
+            worker = WorkerProcess(env, log).start()
+            cleanup.callback(worker.stop)
+            pid_of = worker
+            worker.wait_ready(timeout_s=120)
+            asyncio.run(publish_items(settings, replay.items))
+            worker.wait_ready(timeout_s=600, catalog_items=len(replay.items), vectors=True, primed=True)
+            pid = worker.proc.pid if worker.proc else 0
+        else:
+            asyncio.run(publish_items(settings, replay.items))
+            log.parent.mkdir(parents=True, exist_ok=True)
+            proc = subprocess.Popen(
+                [sys.executable, str(ROOT / "bench" / "naive_baseline.py")],
+                env=supervised_env(env),
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=log.open("ab"),
+                text=True,
+            )
+            cleanup.callback(_terminate, proc)
+            assert proc.stdout is not None
+            if proc.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"baseline did not start; see {log}")
+            pid, pid_of = proc.pid, None
+        ingest = None
+        started = time.monotonic()
+        asyncio.run(publish_stream(settings, replay.stream))
+        if pid_of is not None:
+            while metric_value(pid_of.metrics(), "streamrec_events_total") < len(replay.stream):
+                time.sleep(0.2)
+            ingest = len(replay.stream) / (time.monotonic() - started)
+        else:
+            time.sleep(3.0)
+        users = sorted({m.user_id for m in replay.stream})
+        # A short unrecorded window first: caches, connections and JIT-free Python paths warm up.
+        asyncio.run(load_window(settings, users, replay.items, rates[0], 5.0, pid))
+        for rate in rates:
+            window = asyncio.run(load_window(settings, users, replay.items, rate, seconds, pid))
+            result.windows.append(window)
+            print(
+                f"  {name:9} {rate:6.1f} q/s  answered {window.answered}/{window.sent}  "
+                f"p50 {window.p(50):7.1f}  p99 {window.p(99):7.1f} ms  fallback {window.fallbacks}",
+                file=sys.stderr,
+            )
+            if not window.sustained and window.p(99) > 5000:
+                break  # far past saturation: higher rates tell nothing more
     return result, ingest
+
+
+def _terminate(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    proc.wait(30)
 
 
 def ingest_only(base: Settings, events: int) -> dict[str, float]:
@@ -369,7 +374,7 @@ def overhead_bs1(base: Settings, n: int = 200) -> dict[str, float]:
 
 def main() -> None:
     # SIGTERM runs the cleanup below (workers stopped) like Ctrl-C does; after a SIGKILL the workers
-    # stop themselves once this process is gone (STREAMREC_EXIT_WITH_PARENT_PID).
+    # stop themselves once this process is gone (workers.supervisor.supervised_env).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short windows, fewer rates (< 5 minutes)")

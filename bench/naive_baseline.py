@@ -12,7 +12,6 @@ prints "ready" once the catalog is embedded.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 import time
@@ -29,6 +28,7 @@ from stream.records import Event, InvalidMessage, Item, Query, parse
 from stream.settings import get_settings
 from workers.kafka_clients import client_kwargs, producer
 from workers.ranker_client import RankerClient
+from workers.supervisor import supervisor_gone
 
 
 async def main() -> None:
@@ -56,7 +56,7 @@ async def main() -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     announced = False
     try:
-        while not stop.is_set() and not _orphaned(settings.exit_with_parent_pid):
+        while not stop.is_set() and not supervisor_gone(settings.exit_with_parent_pid):
             try:
                 msg = await asyncio.wait_for(consumer.getone(), timeout=0.5)
             except TimeoutError:
@@ -93,11 +93,6 @@ async def main() -> None:
         await consumer.stop()
         await prod.stop()
         await client.close()
-
-
-def _orphaned(parent: int | None) -> bool:
-    """The benchmark that started this process is gone (it sets ``STREAMREC_EXIT_WITH_PARENT_PID``)."""
-    return parent is not None and os.getppid() != parent
 
 
 async def _embed_catalog(client: RankerClient, catalog: CatalogIndex) -> None:

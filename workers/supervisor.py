@@ -31,6 +31,21 @@ def settings_for(env: dict[str, str]) -> Settings:
     return load_settings(**overrides)
 
 
+# A supervised process (a worker, the benchmark's baseline) is told its supervisor's pid here and
+# stops once that process is gone (stream.settings.exit_with_parent_pid).
+SUPERVISOR_PID_ENV = "STREAMREC_EXIT_WITH_PARENT_PID"
+
+
+def supervised_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` for a child that must not outlive this process."""
+    return {**env, SUPERVISOR_PID_ENV: str(os.getpid())}
+
+
+def supervisor_gone(parent: int | None) -> bool:
+    """True when this process was started under supervisor ``parent`` and has been orphaned since."""
+    return parent is not None and os.getppid() != parent
+
+
 @dataclass
 class WorkerProcess:
     """One ``streamrec worker`` subprocess in its own process group, with a log file."""
@@ -46,11 +61,7 @@ class WorkerProcess:
         return int(self.env["STREAMREC_WEB_PORT"])
 
     def start(self) -> WorkerProcess:
-        env = {
-            **self.env,
-            "STREAMREC_WORKER_INSTANCE_ID": self.name,
-            "STREAMREC_EXIT_WITH_PARENT_PID": str(os.getpid()),
-        }
+        env = supervised_env({**self.env, "STREAMREC_WORKER_INSTANCE_ID": self.name})
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(

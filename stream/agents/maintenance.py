@@ -20,6 +20,7 @@ from stream.tables import profiles
 from stream.text import item_text
 from stream.topics import TOPIC_SPECS
 from workers.ranker_client import RankerUnavailable, RankRequest
+from workers.supervisor import supervisor_gone
 
 
 @app.timer(interval=2.0)
@@ -50,7 +51,7 @@ PRIME_PAUSE_S = 0.05
 @app.timer(interval=2.0)
 async def stop_when_orphaned() -> None:
     """Stop (gracefully, as on SIGTERM) once the supervising process named in the settings is gone."""
-    if settings.exit_with_parent_pid is not None and os.getppid() != settings.exit_with_parent_pid:
+    if supervisor_gone(settings.exit_with_parent_pid):
         log.warning("supervisor %d is gone: stopping", settings.exit_with_parent_pid)
         os.kill(os.getpid(), signal.SIGTERM)
 
