@@ -5,12 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import ssl
-from collections.abc import Mapping
 from typing import Any
 
 import faust
-from faust.transport.drivers import aiokafka as aiokafka_driver
 
+from stream.commits import SafeTransport
 from stream.settings import Settings, get_settings
 
 
@@ -34,19 +33,6 @@ def credentials(settings: Settings) -> Any:
     return None
 
 
-class IdempotentProducer(aiokafka_driver.Producer):
-    """faust-streaming 0.15 has no idempotence setting and enables it only inside transactions;
-    without it a send retried after a lost acknowledgement is written twice (an output or a
-    changelog entry). acks=all is what idempotence requires."""
-
-    def _settings_extra(self) -> Mapping[str, Any]:
-        return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
-
-
-class IdempotentTransport(aiokafka_driver.Transport):
-    Producer = IdempotentProducer
-
-
 log = logging.getLogger(__name__)
 
 # The exit status of a worker stopped by an agent's unexpected error (EX_SOFTWARE).
@@ -54,14 +40,15 @@ AGENT_CRASH_EXIT = 70
 
 
 class App(faust.App):
-    """The Faust app: an idempotent producer (outputs and changelogs), and a worker that stops
-    rather than skip a batch an agent failed on."""
+    """The Faust app: commits that cover only finished work, an idempotent producer (outputs and
+    changelogs) (stream.commits), and a worker that stops rather than skip a batch an agent
+    failed on."""
 
     def _new_transport(self) -> Any:
-        return IdempotentTransport(self.conf.broker_consumer, self)
+        return SafeTransport(self.conf.broker_consumer, self)
 
     def _new_producer_transport(self) -> Any:
-        return IdempotentTransport(self.conf.broker_producer, self)
+        return SafeTransport(self.conf.broker_producer, self)
 
     async def _on_agent_error(self, agent: Any, exc: BaseException) -> None:
         """Faust commits on an agent's error and restarts it, and ``take_events`` acks the batch

@@ -18,17 +18,18 @@ class TopicSpec:
     name: str
     config: dict[str, str]
     partitions: int | None = None  # None: settings.topic_partitions
+    consumed: bool = False  # read by the workers' consumer group (an agent's input)
 
 
 TOPIC_SPECS: tuple[TopicSpec, ...] = (
-    TopicSpec("items", {"cleanup.policy": "compact"}),
-    TopicSpec("events", {"retention.ms": str(7 * DAY_MS)}),
-    TopicSpec("queries", {"retention.ms": str(7 * DAY_MS)}),
+    TopicSpec("items", {"cleanup.policy": "compact"}, consumed=True),
+    TopicSpec("events", {"retention.ms": str(7 * DAY_MS)}, consumed=True),
+    TopicSpec("queries", {"retention.ms": str(7 * DAY_MS)}, consumed=True),
     TopicSpec("recommendations", {"retention.ms": str(7 * DAY_MS)}),
     TopicSpec("dead-letters", {"retention.ms": str(30 * DAY_MS)}),
-    TopicSpec("user-erasure", {"retention.ms": str(30 * DAY_MS)}),
+    TopicSpec("user-erasure", {"retention.ms": str(30 * DAY_MS)}, consumed=True),
     TopicSpec("user-erasure-confirmations", {"retention.ms": str(30 * DAY_MS)}),
-    TopicSpec("item-activity", {"retention.ms": str(1 * DAY_MS)}),
+    TopicSpec("item-activity", {"retention.ms": str(1 * DAY_MS)}, consumed=True),
     # The learning loop (docs/learning-loop.md): keyed by user_id like events, so the join is local.
     TopicSpec("impressions", {"retention.ms": str(7 * DAY_MS)}),
     TopicSpec("training-examples", {"retention.ms": str(30 * DAY_MS)}),

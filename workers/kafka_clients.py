@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 import time
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from stream.settings import Settings
 from stream.topics import TABLES, TOPIC_SPECS, changelog_topic
+
+log = logging.getLogger(__name__)
 
 
 def client_kwargs(settings: Settings) -> dict[str, Any]:
@@ -97,6 +100,36 @@ async def ensure_topics(settings: Settings) -> list[str]:
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(wanted)
             await _until_served(admin, {t.name: t.num_partitions for t in wanted})
-        return [t.name for t in wanted]
     finally:
         await admin.close()
+    await anchor_group_offsets(settings)
+    return [t.name for t in wanted]
+
+
+async def anchor_group_offsets(settings: Settings) -> list[TopicPartition]:
+    """Commit offset 0 for the workers' group on every input partition it has no offset for yet;
+    returns those partitions. A partition with no committed offset is placed by aiokafka, and after
+    a takeover of one whose dead owner had not committed yet the survivor began it at its end (every
+    query sent to it since the kill unanswered, docs/reliability.md). The broker takes such a commit
+    only while the group has no members; otherwise the members' own commits stand and nothing is
+    changed."""
+    tps = [
+        TopicPartition(settings.topic(spec.name), p)
+        for spec in TOPIC_SPECS
+        if spec.consumed
+        for p in range(spec.partitions or settings.topic_partitions)
+    ]
+    consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=settings.app_id, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        unset = [tp for tp in tps if await consumer.committed(tp) is None]
+        if unset:
+            try:
+                await consumer.commit({tp: 0 for tp in unset})
+            except KafkaError as exc:  # the group is live: its members commit for themselves
+                log.info("group %s not anchored (%r): it has members", settings.app_id, exc)
+                return []
+        return unset
+    finally:
+        await consumer.stop()

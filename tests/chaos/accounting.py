@@ -4,6 +4,7 @@ changelog vs the pure fold of every event and query in the topics."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import threading
@@ -14,13 +15,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import murmur2
 
 from stream.records import Item, Query
 from stream.settings import Settings
-from tests.support.stack import read_json_topic
+from tests.support.stack import read_json_topic, read_topic
 from tests.support.state import changelog_state, divergence, expected_profiles
-from workers.kafka_clients import producer
+from workers.kafka_clients import client_kwargs, producer
 
 REPORT_ENV = "STREAMREC_CHAOS_REPORT"
 
@@ -155,6 +157,7 @@ def account(
     missing = sorted(sent_ids - set(counts))
     if missing:
         notes["first_missing"] = missing[:5]
+        notes["missing_where"] = asyncio.run(where_missing(settings, missing[:5]))
     return Accounting(
         scenario=scenario,
         sent=len(sent_ids),
@@ -169,6 +172,45 @@ def account(
         max_answers=most,
         notes=notes,
     ).report()
+
+
+async def where_missing(settings: Settings, request_ids: list[str]) -> dict[str, Any]:
+    """Where each unanswered request stands: its place in ``queries``, the consumer group's committed
+    offset there, and any dead letter naming it. A query past the committed offset that nobody
+    answered was skipped by a commit; one before it was never delivered; one dead-lettered failed."""
+    wanted = set(request_ids)
+    placed: dict[str, dict[str, Any]] = {}
+    for m in await read_topic(settings, settings.topic("queries")):
+        try:
+            request_id = json.loads(m.value).get("request_id")
+        except (ValueError, AttributeError):
+            continue
+        if request_id in wanted:
+            placed[request_id] = {"partition": m.partition, "offset": m.offset}
+    admin = AIOKafkaAdminClient(**client_kwargs(settings))
+    await admin.start()
+    try:
+        committed = {
+            tp.partition: meta.offset
+            for tp, meta in (await admin.list_consumer_group_offsets(settings.app_id)).items()
+            if tp.topic == settings.topic("queries")
+        }
+    finally:
+        await admin.close()
+    dead = {
+        rid: d["reason"]
+        for d in (json.loads(m.value) for m in await read_topic(settings, settings.topic("dead-letters")))
+        for rid in wanted
+        if rid in base64.b64decode(d.get("raw", "")).decode("utf-8", errors="replace")
+    }
+    return {
+        rid: {
+            **placed.get(rid, {"partition": None}),
+            "committed": committed.get(placed.get(rid, {}).get("partition", -1)),
+            "dead_letter": dead.get(rid),
+        }
+        for rid in request_ids
+    }
 
 
 # --- probes --------------------------------------------------------------------------------------

@@ -25,6 +25,8 @@ async def main():
         "instance_id": app.conf.consumer_group_instance_id,
         "commit_interval": app.conf.broker_commit_interval,
         "publish_on_commit": app.conf.stream_publish_on_commit,
+        "consumer": type(app.consumer).__name__,
+        "send_buffer": type(app.producer.buffer).__name__,
     }))
     await client.stop()
 
@@ -56,3 +58,6 @@ def test_worker_producer_is_idempotent_with_acks_all_and_membership_is_static(tm
     assert settings["commit_interval"] == 2.0
     # Outputs are produced at once and flushed before each commit (not held until the commit).
     assert settings["publish_on_commit"] is False
+    # A commit covers only finished work (stream/commits.py).
+    assert settings["consumer"] == "InFlightSafeConsumer"
+    assert settings["send_buffer"] == "DrainingProducerBuffer"

@@ -1,0 +1,229 @@
+"""What an offset commit may cover (finished work whose outputs the broker has taken), and getting
+back what faust-streaming 0.15.3 drops.
+
+Each of these lost answers or events in the chaos suite's takeover and restart tests (measured in
+docs/reliability.md, fourth session):
+
+- **A message still in flight or never processed.** Faust commits the first run of consecutive acked
+  offsets (``Consumer._new_offset``). With ``concurrency`` > 1 the actors finish out of order, and the
+  run may start *above* an unfinished message: Faust lets a hole of one offset at the head through (it
+  reads it as a compacted record), and with no committed offset known (a rebalance makes it forget
+  them, then it commits while the actors finish) any hole (faust-streaming issue #606). Here a commit
+  stops below the lowest offset handed to the streams and not yet acked.
+- **A message dropped unprocessed.** Around a rebalance Faust hands over messages that no stream then
+  processes (its recovery resumes partitions before seeking them; a message handed over as the seek
+  lands was seen dropped, and its fetch position had moved past it). Such a message (gone, or passed
+  over in its FIFO queue, unacked) is fetched again: the partition is sought back to it at the next
+  commit. What comes again after it is deduplicated downstream (request ids, profile offsets).
+- **A partition with no committed offset.** aiokafka left one where its position was: after a
+  takeover the survivor began a dead worker's uncommitted partitions at their end. Here it starts at
+  the earliest offset.
+- **An output still in the send buffer.** Before committing, Faust flushes the producer, but its send
+  buffer's flush returns after 0.1 s without progress (``ProducerBuffer.flush_atmost``): answers made
+  for committed messages were still in the buffer, and a ``kill -9`` lost them. Here a flush returns
+  once everything buffered before it has been handed to aiokafka, whose own flush then waits for the
+  broker's acknowledgement (``acks=all``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import weakref
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from faust.transport.drivers import aiokafka as aiokafka_driver
+from faust.transport.producer import ProducerBuffer
+from faust.types import TP
+
+log = logging.getLogger(__name__)
+
+# Longer than a fetch takes on a loaded 2-core machine (aiokafka waits up to 0.5 s for data).
+REFETCH_AFTER_S = 5.0
+
+
+class Delivered:
+    """The messages of one partition handed to the streams since it was assigned, by offset, until a
+    commit passes them. Weak references: a message Faust drops is gone here too, not kept alive."""
+
+    def __init__(self) -> None:
+        self._refs: dict[int, weakref.ref[Any]] = {}
+
+    def add(self, message: Any) -> None:
+        self._refs[message.offset] = weakref.ref(message)
+
+    def forget_done(self, done: Callable[[int], bool]) -> None:
+        for offset in [o for o in self._refs if done(o)]:
+            del self._refs[offset]
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+    def floor(self, done: Callable[[int], bool]) -> int | None:
+        """The lowest offset handed over and not done: a commit must not pass it."""
+        return min((o for o in self._refs if not done(o)), default=None)
+
+    def first_dropped(self, done: Callable[[int], bool]) -> int | None:
+        """The lowest offset handed over that no stream will process: not done, and either gone
+        (Faust let go of the message unprocessed) or never taken by a stream although a later offset
+        was (a channel's queue is FIFO, so it was skipped)."""
+        later_taken = False
+        dropped = None
+        for offset in sorted(self._refs, reverse=True):
+            message = self._refs[offset]()
+            finished = done(offset)
+            if not finished and (message is None or (later_taken and not message.tracked)):
+                dropped = offset
+            later_taken = later_taken or finished or (message is not None and message.tracked)
+        return dropped
+
+
+def split_at(acked: list[int], floor: int | None) -> tuple[list[int], list[int]]:
+    """``acked`` as (committable now, held back): acks at or above ``floor`` are held."""
+    if floor is None:
+        return acked, []
+    return [o for o in acked if o < floor], [o for o in acked if o >= floor]
+
+
+class InFlightSafeConsumer(aiokafka_driver.Consumer):
+    """Faust's consumer, whose commits stop below the lowest offset handed to the streams and not
+    processed, and which fetches again what Faust dropped unprocessed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._delivered: defaultdict[TP, Delivered] = defaultdict(Delivered)
+        self._refetched: dict[TP, tuple[int, float]] = {}
+        deliver = self.callback
+
+        async def on_message(message: Any) -> None:
+            if self.app.topics.acks_enabled_for(message.topic):
+                self._delivered[message.tp].add(message)
+            await deliver(message)
+
+        self.callback = on_message
+
+    def _done(self, tp: TP) -> Callable[[int], bool]:
+        committed = self._committed_offset[tp]
+        acked = self._acked_index[tp]
+        return lambda offset: offset in acked or (committed is not None and offset < committed)
+
+    def _new_offset(self, tp: TP) -> int | None:
+        acked = self._acked[tp]
+        now, held = split_at(acked, self._delivered[tp].floor(self._done(tp)))
+        if not held:
+            return super()._new_offset(tp)
+        # Faust's own rules (gaps, the committed head) apply to what may be committed now; the held
+        # acks stay in its list and index for a later commit.
+        acked[:] = now
+        try:
+            return super()._new_offset(tp)
+        finally:
+            acked.extend(held)
+            acked.sort()
+
+    async def force_commit(self, *args: Any, **kwargs: Any) -> bool:
+        if not self.app.rebalancing:
+            await self._fetch_dropped_again()
+        committed = await super().force_commit(*args, **kwargs)
+        for tp, delivered in self._delivered.items():
+            delivered.forget_done(self._done(tp))
+        return committed
+
+    async def _fetch_dropped_again(self) -> None:
+        """Seek each partition back to its first dropped message: what comes again after it and was
+        processed already is deduplicated downstream (docs/guarantees.md). Commits come every few
+        hundred ms at times; a seek repeated before the fetch it started could return would start
+        it over, so the same offset is sought again only after ``REFETCH_AFTER_S``."""
+        if self.should_stop:
+            return
+        assigned = self.assignment()
+        now = time.monotonic()
+        for tp, delivered in list(self._delivered.items()):
+            offset = delivered.first_dropped(self._done(tp))
+            if offset is None or tp not in assigned:
+                continue
+            last = self._refetched.get(tp)
+            if last is None or last[0] != offset or now - last[1] >= REFETCH_AFTER_S:
+                self._refetched[tp] = (offset, now)
+                log.warning(
+                    "%s[%s]@%s was dropped unprocessed: fetching it again", tp.topic, tp.partition, offset
+                )
+                await self.seek(tp, offset)
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        """Faust's seek, and a partition of streamrec's with no committed offset starts at its
+        earliest offset. aiokafka leaves such a partition wherever its position is: after a takeover
+        the survivor began a dead worker's partitions that had no commit yet at their end (every
+        query sent to them since the kill unanswered)."""
+        committed = await super().seek_to_committed()
+        unstarted = [
+            tp
+            for tp, offset in committed.items()
+            if not offset and not self._is_changelog_tp(tp) and self.app.topics.acks_enabled_for(tp.topic)
+        ]
+        if unstarted:
+            earliest = await self.earliest_offsets(*unstarted)
+            for tp in unstarted:
+                await self._seek(tp, earliest[tp])
+        return committed
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        # Faust forgets the committed offsets and acks of revoked partitions first, then commits
+        # while the actors finish: what is done must be known before that.
+        for tp in revoked:
+            self._delivered[tp].forget_done(self._done(tp))
+        await super().on_partitions_revoked(revoked)
+        for tp in revoked:
+            self._delivered.pop(tp, None)
+            self._refetched.pop(tp, None)
+
+
+class DrainingProducerBuffer(ProducerBuffer):
+    """Faust's send buffer, whose ``flush`` waits for every message put before it was called."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.put_count = 0
+        self.handed_over = 0
+
+    def put(self, fut: Any) -> None:
+        super().put(fut)
+        self.put_count += 1
+
+    async def _send_pending(self, fut: Any) -> None:
+        try:
+            await super()._send_pending(fut)
+        finally:
+            self.handed_over += 1
+
+    async def flush(self) -> None:
+        target = self.put_count
+        while self.handed_over < target:
+            if self.state != "running" and self.size:  # as Faust's: nothing will send them now
+                raise RuntimeError(f"Cannot flush: producer buffer {self.state} with {self.size} to send")
+            self.message_sent.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.message_sent.wait(), timeout=0.1)
+
+
+class SafeProducer(aiokafka_driver.Producer):
+    """Idempotent (faust-streaming 0.15 has no setting for it and enables it only inside
+    transactions: a send retried after a lost acknowledgement was written twice, an output or a
+    changelog entry; acks=all is what idempotence requires), with the draining send buffer."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.buffer = DrainingProducerBuffer(loop=self.loop, beacon=self.beacon)
+        self.buffer.app = self.app
+
+    def _settings_extra(self) -> Mapping[str, Any]:
+        return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
+
+
+class SafeTransport(aiokafka_driver.Transport):
+    Producer = SafeProducer
+    Consumer = InFlightSafeConsumer
