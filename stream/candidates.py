@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from itertools import repeat
 
 import numpy as np
 
@@ -44,7 +45,7 @@ class CandidateSet:
     top_genres: list[str] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Acc:
     sources: set[str] = field(default_factory=set)
     covisit: float = 0.0
@@ -71,10 +72,11 @@ def gather(
 ) -> CandidateSet:
     params = params or CandidateParams()
     exclude = interacted(profile)
+    items = catalog.items
     acc: dict[str, _Acc] = {}
 
     def add(item_id: str, source: str) -> _Acc | None:
-        if item_id in exclude or item_id not in catalog:
+        if item_id in exclude or item_id not in items:
             return None
         entry = acc.get(item_id)
         if entry is None:
@@ -91,31 +93,23 @@ def gather(
         add(item_id, "query")
 
     # (b) neighbours of recent items, weighted by how recent the anchor is
-    for position, anchor in enumerate(recent_distinct(profile, params.recent_for_neighbors)):
-        stats = item_stats(anchor)
-        if stats is None:
-            continue
-        weight = params.recency_decay**position
-        for other, cooc in stats.cooc.items():
-            entry = add(other, "behaviour")
-            if entry is None:
-                continue
-            other_stats_total = popularity.get(other, 0)
-            sim = knn_similarity(cooc, stats.total, other_stats_total)
-            near = stats.near.get(other, 0.0)
-            entry.knn += weight * sim
-            entry.covisit += weight * near
-            contribution = weight * (sim + near / max(stats.total, 1))
-            if contribution > entry.anchor_weight:
-                entry.anchor, entry.anchor_weight = anchor, contribution
+    _add_neighbours(
+        acc,
+        exclude,
+        items,
+        recent_distinct(profile, params.recent_for_neighbors),
+        item_stats,
+        popularity,
+        params,
+    )
 
-    # (c) the user's genres: their most popular items
+    # (c) the user's genres: their most popular items. (popularity, id) pairs compare as the key
+    # would (ids are unique), without a key call per member of a genre of hundreds.
     genres = top_genres(profile, now, params.top_genres)
     for genre in genres:
         members = catalog.in_category(genre)
-        for item_id in heapq.nlargest(
-            params.per_source // 2, members, key=lambda i: (popularity.get(i, 0), i)
-        ):
+        ranked = zip(map(popularity.get, members, repeat(0)), members, strict=True)
+        for _, item_id in heapq.nlargest(params.per_source // 2, ranked):
             add(item_id, "affinity")
 
     # (d) trending (and popularity for users with nothing else)
@@ -134,32 +128,74 @@ def gather(
     affinities = profile.decayed_affinities(now)
     signals = []
     for item_id, entry in acc.items():
-        item = catalog.get(item_id)
+        item = items.get(item_id)
         categories = item.categories if item is not None else []
-        affinity = sum(affinities.get(c, 0.0) for c in categories) / max(len(categories), 1) ** 0.5
+        affinity = sum(map(affinities.get, categories, repeat(0.0))) / max(len(categories), 1) ** 0.5
+        # Positional, in field order: a frozen dataclass built from keywords costs twice as much,
+        # and this runs for every gathered item (hundreds per query), not only the kept ones.
         signals.append(
             Signals(
-                item_id=item_id,
-                lexical=lexical.get(item_id, 0.0),
-                semantic=semantic.get(item_id, 0.0),
-                covisit=entry.covisit,
-                knn=entry.knn,
-                affinity=affinity,
-                trending=float(trending.get(item_id, 0)),
-                popularity=float(popularity.get(item_id, 0)),
+                item_id,
+                lexical.get(item_id, 0.0),
+                semantic.get(item_id, 0.0),
+                entry.covisit,
+                entry.knn,
+                affinity,
+                float(trending.get(item_id, 0)),
+                float(popularity.get(item_id, 0)),
             )
         )
     max_pop = float(max(popularity.values(), default=1))
     features = feature_matrix(signals, cold_user=profile.is_cold, max_popularity=max_pop)
     blend = fallback_scores(features)
-    # Stable order: by blend, then item id, so equal inputs always give equal outputs.
-    order = sorted(range(len(signals)), key=lambda r: (-float(blend[r]), signals[r].item_id))[: params.limit]
-    candidates = [
-        Candidate(signals[r], frozenset(acc[signals[r].item_id].sources), acc[signals[r].item_id].anchor)
-        for r in order
-    ]
+    # Stable order: by blend, then item id, so equal inputs always give equal outputs. The blend as
+    # Python floats once (the same values as float() of each element), not a numpy scalar per key.
+    blend_values = blend.tolist()
+    ids = list(acc)
+    order = sorted(range(len(ids)), key=lambda r: (-blend_values[r], ids[r]))[: params.limit]
+    candidates = [Candidate(signals[r], frozenset(acc[ids[r]].sources), acc[ids[r]].anchor) for r in order]
     return CandidateSet(candidates, features[order], blend[order], genres)
 
 
+def _add_neighbours(
+    acc: dict[str, _Acc],
+    exclude: set[str],
+    items: Mapping[str, object],
+    anchors: list[str],
+    item_stats: Callable[[str], ItemStats | None],
+    popularity: Mapping[str, int],
+    params: CandidateParams,
+) -> None:
+    """Source (b): co-visitation and item-kNN neighbours of the recent ``anchors`` (most recent first).
+
+    The hot loop of the stage (~20 anchors x up to 120 neighbours, many already consumed), so the
+    checks of ``gather``'s ``add`` are written out here rather than called per neighbour.
+    """
+    for position, anchor in enumerate(anchors):
+        stats = item_stats(anchor)
+        if stats is None:
+            continue
+        weight = params.recency_decay**position
+        total, near_of = stats.total, stats.near
+        covisit_scale = max(total, 1)
+        for other, cooc in stats.cooc.items():
+            if other in exclude or other not in items:
+                continue
+            entry = acc.get(other)
+            if entry is None:
+                entry = acc[other] = _Acc()
+            entry.sources.add("behaviour")
+            sim = knn_similarity(cooc, total, popularity.get(other, 0))
+            near = near_of.get(other, 0.0)
+            entry.knn += weight * sim
+            entry.covisit += weight * near
+            contribution = weight * (sim + near / covisit_scale)
+            if contribution > entry.anchor_weight:
+                entry.anchor, entry.anchor_weight = anchor, contribution
+
+
 def _top(scores: Mapping[str, float] | Mapping[str, int], n: int) -> list[str]:
-    return [k for k, v in heapq.nlargest(n, scores.items(), key=lambda kv: (kv[1], kv[0])) if v > 0]
+    """The ``n`` best keys with a positive score, by (score, key) descending."""
+    # (score, key) pairs compare as the key function would (keys are unique), without its calls.
+    pairs = zip(scores.values(), scores.keys(), strict=True)
+    return [k for v, k in heapq.nlargest(n, pairs) if v > 0]

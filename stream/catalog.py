@@ -50,6 +50,9 @@ def tokenize(text: str) -> list[str]:
 class CatalogIndex:
     def __init__(self) -> None:
         self.items: dict[str, Item] = {}
+        # ``item_text`` of each item, built once here: the ranker reads it for every candidate of
+        # every query, and an item only changes through ``upsert``.
+        self._texts: dict[str, str] = {}
         self._postings: dict[str, dict[str, int]] = defaultdict(dict)
         self._doc_len: dict[str, int] = {}
         self._total_len = 0
@@ -71,7 +74,8 @@ class CatalogIndex:
         if item.item_id in self.items:
             self.remove(item.item_id)
         self.items[item.item_id] = item
-        tokens = tokenize(item_text(item))
+        text = self._texts[item.item_id] = item_text(item)
+        tokens = tokenize(text)
         for token in set(tokens):
             self._postings[token][item.item_id] = tokens.count(token)
         self._doc_len[item.item_id] = len(tokens)
@@ -83,12 +87,16 @@ class CatalogIndex:
         item = self.items.pop(item_id, None)
         if item is None:
             return
-        for token in set(tokenize(item_text(item))):
+        for token in set(tokenize(self._texts.pop(item_id))):
             self._postings[token].pop(item_id, None)
         self._total_len -= self._doc_len.pop(item_id, 0)
         for category in item.categories:
             self._by_category[category].discard(item_id)
         self.set_vector(item_id, None)
+
+    def text(self, item_id: str) -> str | None:
+        """``stream.text.item_text`` of the item (None when it is not in the catalog)."""
+        return self._texts.get(item_id)
 
     def newest(self, n: int) -> list[str]:
         """The ``n`` most recently updated items (ties by id), for cold starts."""

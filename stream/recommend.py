@@ -21,7 +21,7 @@ from stream.records import Impression, ModelInfo, Query, Recommendation, Recomme
 from stream.registry import ModelRegistry
 from stream.rerank import rerank
 from stream.settings import Settings
-from stream.text import item_text, user_text
+from stream.text import user_text
 from workers.ranker_client import RankerClient, RankerUnavailable, RankRequest
 
 FALLBACK_MODEL = ModelInfo(name="fallback-blend", version="1")
@@ -228,8 +228,8 @@ class Recommender:
         for context, cands in zip(contexts, sets, strict=True):
             texts = []
             for c in cands.candidates:
-                item = self.catalog.get(c.signals.item_id)
-                texts.append(item_text(item) if item is not None else c.signals.item_id)
+                text = self.catalog.text(c.signals.item_id)
+                texts.append(text if text is not None else c.signals.item_id)
             rank_requests.append(RankRequest(context, texts, cands.features))
         try:
             result = await self.client.rank(rank_requests, deadline, version)

@@ -20,14 +20,17 @@ def rerank(
     """Order by ``scores`` (ties by the fallback blend, then id) and keep the top ``k``."""
     if len(scores) != len(cands.candidates):
         raise ValueError(f"{len(scores)} scores for {len(cands.candidates)} candidates")
+    # Python floats once (the same values float() gives per element), not numpy scalars per key.
+    values = np.asarray(scores, dtype=np.float64).tolist()
+    fallback = np.asarray(cands.fallback, dtype=np.float64).tolist()
     order = sorted(
-        range(len(scores)),
-        key=lambda r: (-float(scores[r]), -float(cands.fallback[r]), cands.candidates[r].signals.item_id),
+        range(len(values)),
+        key=lambda r: (-values[r], -fallback[r], cands.candidates[r].signals.item_id),
     )[:k]
     return [
         RecommendedItem(
             item_id=cands.candidates[r].signals.item_id,
-            score=round(float(scores[r]), 6),
+            score=round(values[r], 6),
             rank=rank,
             reason=reason(cands.candidates[r], cands.features[r], query, catalog, cands.top_genres),
         )
