@@ -158,12 +158,15 @@ class InFlightSafeConsumer(aiokafka_driver.Consumer):
         """Faust's seek, and a partition of streamrec's with no committed offset starts at its
         earliest offset. aiokafka leaves such a partition wherever its position is: after a takeover
         the survivor began a dead worker's partitions that had no commit yet at their end (every
-        query sent to them since the kill unanswered)."""
+        query sent to them since the kill unanswered). Input partitions are anchored at offset 0
+        when they are created (``workers.kafka_clients.anchor_group_offsets``), so this is for those
+        created otherwise; an extra seek is not free (a message handed over as one lands was seen
+        dropped)."""
         committed = await super().seek_to_committed()
         unstarted = [
             tp
             for tp, offset in committed.items()
-            if not offset and not self._is_changelog_tp(tp) and self.app.topics.acks_enabled_for(tp.topic)
+            if offset is None and not self._is_changelog_tp(tp) and self.app.topics.acks_enabled_for(tp.topic)
         ]
         if unstarted:
             earliest = await self.earliest_offsets(*unstarted)

@@ -106,6 +106,16 @@ async def ensure_topics(settings: Settings) -> list[str]:
     return [t.name for t in wanted]
 
 
+def input_partitions(settings: Settings) -> list[TopicPartition]:
+    """Every partition of the topics the workers' group consumes."""
+    return [
+        TopicPartition(settings.topic(spec.name), p)
+        for spec in TOPIC_SPECS
+        if spec.consumed
+        for p in range(spec.partitions or settings.topic_partitions)
+    ]
+
+
 async def anchor_group_offsets(settings: Settings) -> list[TopicPartition]:
     """Commit offset 0 for the workers' group on every input partition it has no offset for yet;
     returns those partitions. A partition with no committed offset is placed by aiokafka, and after
@@ -113,12 +123,7 @@ async def anchor_group_offsets(settings: Settings) -> list[TopicPartition]:
     query sent to it since the kill unanswered, docs/reliability.md). The broker takes such a commit
     only while the group has no members; otherwise the members' own commits stand and nothing is
     changed."""
-    tps = [
-        TopicPartition(settings.topic(spec.name), p)
-        for spec in TOPIC_SPECS
-        if spec.consumed
-        for p in range(spec.partitions or settings.topic_partitions)
-    ]
+    tps = input_partitions(settings)
     consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=settings.app_id, enable_auto_commit=False)
     await consumer.start()
     try:

@@ -10,7 +10,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from stream.settings import Settings
 from stream.topics import TOPIC_SPECS
-from workers.kafka_clients import anchor_group_offsets, client_kwargs, ensure_topics
+from workers.kafka_clients import anchor_group_offsets, client_kwargs, ensure_topics, input_partitions
 
 
 async def committed_offsets(
@@ -23,15 +23,6 @@ async def committed_offsets(
         return {tp: await consumer.committed(tp) for tp in tps}
     finally:
         await consumer.stop()
-
-
-def input_partitions(settings: Settings) -> list[TopicPartition]:
-    return [
-        TopicPartition(settings.topic(spec.name), p)
-        for spec in TOPIC_SPECS
-        if spec.consumed
-        for p in range(spec.partitions or settings.topic_partitions)
-    ]
 
 
 def test_new_input_partitions_start_the_group_at_offset_0(isolated: Settings) -> None:
