@@ -19,8 +19,10 @@ from workers.stack import triton
 from workers.supervisor import WorkerProcess, metric_value
 
 DEADLINE_MS = 1000.0  # generous: other suites may load the 2 cores; the latency bound below still holds it
-# The deadline plus batching, candidate gathering and producing on a loaded 2-core box.
-SLACK_MS = 400.0
+# The deadline plus batching, candidate gathering and producing on a loaded 2-core box. Measured
+# over the deadline: up to 221 ms in 7 local runs (old and new code alike), 647 ms once in a
+# fresh-clone CI run. Well under PAUSE_S: an answer that waited out the pause would take 4 s.
+SLACK_MS = 1000.0
 PAUSE_S = 4.0  # SIGSTOP for four deadlines: calls in flight time out, the breaker opens
 RANKING_RESUMES_S = 5.0
 
