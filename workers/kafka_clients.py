@@ -7,6 +7,7 @@ import contextlib
 import logging
 import ssl
 import time
+from collections.abc import Collection
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -102,28 +103,32 @@ async def ensure_topics(settings: Settings) -> list[str]:
             await _until_served(admin, {t.name: t.num_partitions for t in wanted})
     finally:
         await admin.close()
-    await anchor_group_offsets(settings)
+    created = {t.name for t in wanted}
+    if any(tp.topic in created for tp in input_partitions(settings)):
+        await anchor_group_offsets(settings, created)
     return [t.name for t in wanted]
 
 
-def input_partitions(settings: Settings) -> list[TopicPartition]:
-    """Every partition of the topics the workers' group consumes."""
+def input_partitions(settings: Settings, topics: Collection[str] | None = None) -> list[TopicPartition]:
+    """Every partition of the topics the workers' group consumes (of those among ``topics``)."""
     return [
         TopicPartition(settings.topic(spec.name), p)
         for spec in TOPIC_SPECS
-        if spec.consumed
+        if spec.consumed and (topics is None or settings.topic(spec.name) in topics)
         for p in range(spec.partitions or settings.topic_partitions)
     ]
 
 
-async def anchor_group_offsets(settings: Settings) -> list[TopicPartition]:
-    """Commit offset 0 for the workers' group on every input partition it has no offset for yet;
-    returns those partitions. A partition with no committed offset is placed by aiokafka, and after
+async def anchor_group_offsets(
+    settings: Settings, topics: Collection[str] | None = None
+) -> list[TopicPartition]:
+    """Commit offset 0 for the workers' group on every input partition (of ``topics``: those just
+    created, in ``ensure_topics``) it has no offset for yet; returns those partitions. A partition with no committed offset is placed by aiokafka, and after
     a takeover of one whose dead owner had not committed yet the survivor began it at its end (every
     query sent to it since the kill unanswered, docs/reliability.md). The broker takes such a commit
     only while the group has no members; otherwise the members' own commits stand and nothing is
     changed."""
-    tps = input_partitions(settings)
+    tps = input_partitions(settings, topics)
     consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=settings.app_id, enable_auto_commit=False)
     await consumer.start()
     try:
