@@ -13,7 +13,22 @@ from workers.kafka_clients import ensure_topics
 FAUST_LOG_LEVELS = {"debug": "debug", "info": "info", "warning": "warn", "error": "error"}
 
 
+def single_threaded_blas() -> None:
+    """Keep numpy's OpenBLAS to the calling thread; must run before numpy is first imported.
+
+    OpenBLAS starts a thread per core at import, and after each call they spin-wait for the next.
+    The worker's BLAS calls are small (one query against the catalog's vectors) and come every few
+    milliseconds, so on two cores the spinning thread held a whole core: 21 of the worker's 33 s of
+    CPU in a 30 s window at 20 q/s, which Triton and Kafka needed (docs/performance.md).
+    An operator's own setting wins.
+    """
+    if "numpy" in sys.modules:
+        raise RuntimeError("numpy was imported before the BLAS thread limit could be set")
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
 def run_worker(settings: Settings) -> None:
+    single_threaded_blas()
     asyncio.run(ensure_topics(settings))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from stream.app import app  # imported late: building the app reads settings and opens no sockets

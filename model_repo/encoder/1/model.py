@@ -36,6 +36,10 @@ class TritonPythonModel:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(params.get("intra_op_threads", "2"))
         opts.inter_op_num_threads = 1
+        # ORT's pool threads spin-wait after each run by default. Runs here come every few ms on cores
+        # shared with the worker and Kafka, so a spinning thread held most of a core for ~1.5 ms of
+        # compute per query (docs/performance.md, fifth session); waking on demand costs microseconds.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", params.get("allow_spinning", "0"))
         self.session = ort.InferenceSession(
             os.path.join(here, params.get("onnx_file", "encoder.onnx")), opts, providers=["CPUExecutionProvider"]
         )

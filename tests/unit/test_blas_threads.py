@@ -1,0 +1,43 @@
+"""The worker keeps numpy's OpenBLAS to one thread (workers.worker.single_threaded_blas).
+
+OpenBLAS starts a thread per core when numpy is imported; those threads spin after each call, and
+on two cores one of them held a whole core of the worker's (docs/performance.md, fifth session).
+Counted from /proc in a fresh interpreter, with and without the limit.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from stream.settings import ROOT
+
+COUNT = (
+    "import os, numpy; numpy.ones((64, 64)) @ numpy.ones((64, 64)); print(len(os.listdir('/proc/self/task')))"
+)
+
+
+def _threads(prelude: str) -> int:
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    out = subprocess.run(
+        [sys.executable, "-c", prelude + COUNT], env=env, cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    return int(out.stdout.strip())
+
+
+def test_the_worker_limits_blas_to_its_own_thread() -> None:
+    limited = _threads("from workers.worker import single_threaded_blas; single_threaded_blas(); ")
+    assert limited == 1
+    if (os.cpu_count() or 1) > 1:  # the limit is what makes the difference, not the machine
+        assert _threads("") > limited
+
+
+def test_the_limit_refuses_to_run_after_numpy() -> None:
+    from workers.worker import single_threaded_blas
+
+    pytest.importorskip("numpy")
+    with pytest.raises(RuntimeError, match="numpy was imported"):
+        single_threaded_blas()
