@@ -5,6 +5,12 @@ called by the query agent (an impression opens), the event agent (an outcome arr
 timer (windows close). Impressions and events are keyed by ``user_id`` on co-partitioned topics, so
 the whole join for a user happens on one worker without a repartition.
 
+The user's state holds what attribution needs of each open impression: its request id, time, the
+ids shown and the outcomes so far (``entry``). What training needs of it (features, scores, model,
+context: ``payload``) is written once, under the request id, to the ``open-impressions`` table and
+read back when the window closes. Each query and event rewrites the user's state, and with whole
+impressions in it that was up to ``max_open`` x ~1.7 KB (85 KB) of JSON and changelog per write.
+
 Semantics (docs/learning-loop.md):
 
 * An outcome belongs to an impression when the event names its ``request_id`` and the item was
@@ -63,8 +69,12 @@ def open_impression(state: State | None, impression: Impression, window: Window)
     rid = impression.request_id
     if rid in out["closed"] or any(o["request_id"] == rid for o in out["open"]):
         return out, []
-    entry = impression.model_dump(mode="json")
-    entry["outcomes"] = {}
+    entry = {
+        "request_id": rid,
+        "ts": impression.ts,
+        "shown": [i.item_id for i in impression.items],
+        "outcomes": {},
+    }
     out["open"].append(entry)
     out["open"].sort(key=lambda o: o["ts"])
     evicted: list[State] = []
@@ -124,24 +134,38 @@ def next_close(state: State | None, window: Window) -> float | None:
     return min(window.closes_at(o["ts"]) for o in state["open"])
 
 
-def examples(closed: State) -> list[TrainingExample]:
-    """One example per shown item of a closed impression, labelled by its strongest outcome."""
+def payload(impression: Impression) -> State:
+    """What the ``open-impressions`` table keeps of an impression until its window closes."""
+    return impression.model_dump(mode="json")
+
+
+def payload_of(closed: State, stored: State | None) -> State | None:
+    """The payload for a closed ``entry``: the stored one, or the entry itself when it was written
+    whole (the state's form before payloads had a table of their own)."""
+    if stored is not None:
+        return stored
+    return closed if "items" in closed else None
+
+
+def examples(closed: State, whole: State) -> list[TrainingExample]:
+    """One example per shown item of a closed entry (its payload: ``whole``), labelled by its
+    strongest outcome."""
     out = []
-    for item in closed["items"]:
+    for item in whole["items"]:
         outcome, at = closed["outcomes"].get(item["item_id"], ["none", None])
         out.append(
             TrainingExample(
                 request_id=closed["request_id"],
-                user_id=closed["user_id"],
+                user_id=whole["user_id"],
                 item_id=item["item_id"],
                 rank=item["rank"],
                 score=item["score"],
                 propensity=item.get("propensity", 1.0),
                 features=item["features"],
-                context=closed["context"],
-                variant=closed["variant"],
-                model=ModelInfo.model_validate(closed["model"]),
-                fallback=closed["fallback"],
+                context=whole["context"],
+                variant=whole["variant"],
+                model=ModelInfo.model_validate(whole["model"]),
+                fallback=whole["fallback"],
                 shown_at=closed["ts"],
                 outcome=outcome,
                 outcome_at=at,
@@ -171,8 +195,11 @@ def summarise(rows: Sequence[TrainingExample]) -> ImpressionSummary:
     )
 
 
-def _shows(impression: State, item_id: str) -> bool:
-    return any(i["item_id"] == item_id for i in impression["items"])
+def _shows(entry: State, item_id: str) -> bool:
+    shown = entry.get("shown")
+    if shown is None:  # an entry written whole, before payloads had a table of their own
+        return any(i["item_id"] == item_id for i in entry["items"])
+    return item_id in shown
 
 
 def _remember_closed(state: State, request_ids: Iterable[str]) -> None:

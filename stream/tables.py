@@ -36,3 +36,6 @@ item_stats = _table("item-stats")
 # The feedback join's state per user (stream/feedback.py): open impressions and their outcomes so
 # far, partitioned like ``events`` and ``queries`` (key: user_id).
 feedback = _table("feedback")
+# What training needs of each open impression (key: request_id), written under the user's
+# partition when it opens and deleted when its window closes (stream.feedback.payload).
+open_impressions = _table("open-impressions")

@@ -41,7 +41,15 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
 # The tables (stream/tables.py): their changelog topics are created with the input topics, before
 # Faust starts. Left to Faust, a changelog created at start-up could be seen by the consumer's first
 # metadata with 0 partitions, and the first write to its table failed with PartitionsMismatch.
-TABLES: tuple[str, ...] = ("profiles", "erasures", "items", "item-vectors", "item-stats", "feedback")
+TABLES: tuple[str, ...] = (
+    "profiles",
+    "erasures",
+    "items",
+    "item-vectors",
+    "item-stats",
+    "feedback",
+    "open-impressions",
+)
 
 
 def changelog_topic(settings: Settings, table: str) -> str:

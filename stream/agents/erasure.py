@@ -38,6 +38,6 @@ def erase(event: Any, request: ErasureRequest) -> None:
         user_id=request.user_id,
         request_id=request.request_id,
         erased_at=time.time(),
-        tables=["profiles", "feedback"],
+        tables=["profiles", "feedback", "open-impressions"],
     )
     erasure_confirmations_topic.send_soon(key=request.user_id.encode(), value=confirmation.to_json())

@@ -21,6 +21,7 @@ from stream.recommend import Answer
 from stream.records import Event, TrainingExample
 from stream.runtime import metrics
 from stream.tables import feedback
+from stream.tables import open_impressions as payloads
 
 log = logging.getLogger(__name__)
 WINDOW = join.Window(settings.feedback_window_s, settings.feedback_grace_s, settings.feedback_max_open)
@@ -71,9 +72,11 @@ def open_impressions(answers: Sequence[Answer], events: dict[str, Any]) -> None:
         clock.seen(event, imp.ts)
         with event_context(event):
             state, evicted = join.open_impression(feedback.get(imp.user_id), imp, WINDOW)
+            if any(o["request_id"] == imp.request_id for o in state["open"]):
+                payloads[imp.request_id] = join.payload(imp)
             feedback[imp.user_id] = state
+            _emit(evicted)
         clock.index(event.message.partition, imp.user_id, state)
-        _emit(evicted)
 
 
 def apply_outcomes(user_events: Iterable[tuple[Any, Event]]) -> None:
@@ -100,7 +103,11 @@ def forget_user(user_id: str) -> None:
     """Erasure: the user's open impressions go with the rest of their state (no examples written)."""
     for users in clock.due.values():
         users.pop(user_id, None)
-    if feedback.get(user_id) is not None:
+    state = feedback.get(user_id)
+    if state is not None:
+        for entry in state.get("open", []):
+            if payloads.get(entry["request_id"]) is not None:
+                payloads.pop(entry["request_id"], None)
         feedback.pop(user_id, None)
 
 
@@ -132,8 +139,8 @@ def sweep(watermark: float, assigned: set[int]) -> int:
                     feedback[user_id] = state
                 elif feedback.get(user_id) is not None:
                     feedback.pop(user_id, None)
+                _emit(closed)
             clock.index(partition, user_id, state if state["open"] else None)
-            _emit(closed)
             count += len(closed)
     return count
 
@@ -150,8 +157,16 @@ def _rescan() -> None:
 
 
 def _emit(closed: Iterable[join.State]) -> None:
-    for impression in closed:
-        rows: list[TrainingExample] = join.examples(impression)
+    """Write the examples of closed entries and drop their payloads (inside the user's context)."""
+    for entry in closed:
+        rid = entry["request_id"]
+        whole = join.payload_of(entry, payloads.get(rid))
+        if whole is None:
+            log.warning("impression %s closed without its payload: no training examples", rid)
+            continue
+        if payloads.get(rid) is not None:
+            payloads.pop(rid, None)
+        rows: list[TrainingExample] = join.examples(entry, whole)
         for row in rows:
             metrics.training_examples.labels(label=str(row.label)).inc()
             training_examples_topic.send_soon(key=row.key.encode(), value=row.to_json())

@@ -38,7 +38,7 @@ from stream.records import (
     TrainingExample,
     parse,
 )
-from stream.tables import feedback, item_stats, item_vectors, profiles
+from stream.tables import feedback, item_stats, item_vectors, open_impressions, profiles
 from stream.tables import items as items_table
 from workers.ranker_client import RankerUnavailable, RankRequest, RankResult
 
@@ -458,7 +458,7 @@ async def test_erasure_removes_the_profile_and_confirms(outputs: Outputs) -> Non
     assert (confirmation.user_id, confirmation.request_id, confirmation.tables) == (
         user,
         "del-1",
-        ["profiles", "feedback"],
+        ["profiles", "feedback", "open-impressions"],
     )
     assert confirmation.erased_at == pytest.approx(time.time(), abs=60)
 
@@ -647,6 +647,9 @@ async def test_a_click_on_a_recommendation_becomes_a_positive_example_when_its_w
         await agent.put(value=event_bytes("o-" + user, user, world[9], "click", TS + 2), key=user.encode())
         await wait_for(lambda: (s := feedback.get(user)) and s["open"][0]["outcomes"])
     assert outputs["training-examples"] == []  # the window is still open
+    # The user's state names what was shown; what training needs waits under the request id.
+    assert feedback.get(user)["open"][0]["shown"] == [i.item_id for i in rec.items]
+    assert open_impressions.get(rec.request_id)["items"][1]["features"] == imp.items[1].features
 
     window_end = TS + settings.feedback_window_s + settings.feedback_grace_s
     feedback_agent.sweep(window_end - 1, assigned={0, 1, 2, 3})  # other tests' windows may close
@@ -661,3 +664,20 @@ async def test_a_click_on_a_recommendation_becomes_a_positive_example_when_its_w
     }
     assert {e.request_id for e in examples} == {rec.request_id}
     assert feedback.get(user) is None  # nothing left open: the user's join state is gone
+    assert open_impressions.get(rec.request_id) is None  # and the payload with it
+
+
+async def test_erasure_removes_open_impressions_and_their_payloads(outputs: Outputs) -> None:
+    user = fresh("u")
+    with mock.patch.object(runtime.recommender, "client", FakeRanker(error=RankerUnavailable("deadline"))):
+        async with queries.answer_queries.test_context() as agent:
+            await agent.put(value=query_bytes("rq-" + user, user, k=4), key=user.encode())
+            [rec] = await wait_for(outputs.recommendations)
+    assert open_impressions.get(rec.request_id) is not None
+    async with erasure.erase_users.test_context() as agent:
+        await agent.put(value=orjson.dumps({"user_id": user, "request_id": "del-" + user}), key=user.encode())
+        await wait_for(lambda: outputs["user-erasure-confirmations"])
+    assert feedback.get(user) is None
+    assert open_impressions.get(rec.request_id) is None
+    feedback_agent.sweep(time.time() + 10 * settings.feedback_window_s, assigned={0, 1, 2, 3})
+    assert [v for _, v in outputs["training-examples"] if parse(TrainingExample, v).user_id == user] == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from stream import feedback as join
@@ -11,9 +13,19 @@ T0 = 1_700_000_000.0
 WINDOW = join.Window(length_s=600.0, grace_s=30.0, max_open=3)
 
 
+# What the agent keeps in the ``open-impressions`` table for each impression built below.
+PAYLOADS: dict[str, join.State] = {}
+
+
 def impression(
     request_id: str = "r1", ts: float = T0, items: tuple[str, ...] = ("a", "b", "c")
 ) -> Impression:
+    imp = _impression(request_id, ts, items)
+    PAYLOADS[request_id] = join.payload(imp)
+    return imp
+
+
+def _impression(request_id: str, ts: float, items: tuple[str, ...]) -> Impression:
     return Impression(
         request_id=request_id,
         user_id="u1",
@@ -48,7 +60,11 @@ def opened(*imps: Impression) -> join.State:
 
 def closed_examples(state: join.State, watermark: float) -> dict[tuple[str, str], tuple[str, int]]:
     _, closed = join.close_due(state, watermark, WINDOW)
-    return {(x.request_id, x.item_id): (x.outcome, x.label) for c in closed for x in join.examples(c)}
+    return {
+        (x.request_id, x.item_id): (x.outcome, x.label)
+        for c in closed
+        for x in join.examples(c, PAYLOADS[c["request_id"]])
+    }
 
 
 def test_a_click_by_request_id_labels_that_item_and_the_others_are_negatives() -> None:
@@ -131,13 +147,13 @@ def test_too_many_open_impressions_close_the_oldest_early_instead_of_dropping_it
     state, evicted = join.open_impression(state, impression("r3", T0 + 3), WINDOW)
     assert [e["request_id"] for e in evicted] == ["r0"]
     assert [o["request_id"] for o in state["open"]] == ["r1", "r2", "r3"]
-    assert len(join.examples(evicted[0])) == 3
+    assert len(join.examples(evicted[0], PAYLOADS["r0"])) == 3
 
 
 def test_examples_carry_what_training_needs() -> None:
     state, _ = join.apply_outcome(opened(impression()), event("b", ts=T0 + 42), WINDOW)
     _, [closed] = join.close_due(state, T0 + 630, WINDOW)
-    rows = join.examples(closed)
+    rows = join.examples(closed, PAYLOADS["r1"])
     b = next(r for r in rows if r.item_id == "b")
     assert (b.rank, b.propensity, b.features, b.context, b.variant, b.model.version) == (
         2,
@@ -164,3 +180,27 @@ def test_states_are_never_mutated_in_place() -> None:
     join.close_due(state, T0 + 10_000, WINDOW)
     join.open_impression(state, impression("r2"), WINDOW)
     assert repr(state) == snapshot
+
+
+def test_the_users_state_keeps_ids_not_payloads() -> None:
+    """Each query and event rewrites the user's state: it must not carry every open impression's
+    features (max_open x ~1.7 KB of JSON per write before the payloads got a table of their own)."""
+    state = opened(impression("r0", T0, ("a", "b")), impression("r1", T0 + 1, ("b", "c")))
+    assert state["open"][0] == {"request_id": "r0", "ts": T0, "shown": ["a", "b"], "outcomes": {}}
+    text = json.dumps(state)
+    assert "features" not in text and "context" not in text
+    assert join.payload(impression("r0", T0, ("a", "b")))["items"][1]["features"] == [1.0] * 8
+
+
+def test_entries_written_whole_before_the_split_still_join_and_label() -> None:
+    """State restored from a changelog written by the earlier form: whole impressions in ``open``."""
+    old = {**join.payload(_impression("r1", T0, ("a", "b", "c"))), "outcomes": {}}
+    state = {"open": [old], "closed": []}
+    state, result = join.apply_outcome(state, event("b"), WINDOW)
+    assert result == "attributed"
+    _, [closed] = join.close_due(state, T0 + 630, WINDOW)
+    whole = join.payload_of(closed, None)
+    assert whole is not None
+    assert {(x.item_id, x.label) for x in join.examples(closed, whole)} == {("a", 0), ("b", 1), ("c", 0)}
+    slim, _ = join.open_impression(None, _impression("r2", T0, ("a",)), WINDOW)
+    assert join.payload_of(slim["open"][0], None) is None  # a slim entry has nothing to fall back on
