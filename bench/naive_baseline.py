@@ -29,6 +29,7 @@ from stream.settings import get_settings
 from workers.kafka_clients import client_kwargs, producer
 from workers.ranker_client import RankerClient
 from workers.supervisor import supervisor_gone
+from workers.worker import tune_gc
 
 
 async def main() -> None:
@@ -62,7 +63,7 @@ async def main() -> None:
             except TimeoutError:
                 if not announced and len(catalog):
                     await _embed_catalog(client, catalog)
-                    print("ready", flush=True)
+                    _announce_ready(settings.gc_gen0_threshold)
                     announced = True
                 continue
             topic = msg.topic.removeprefix(settings.topic_prefix)
@@ -93,6 +94,13 @@ async def main() -> None:
         await consumer.stop()
         await prod.stop()
         await client.close()
+
+
+def _announce_ready(gc_gen0_threshold: int) -> None:
+    # The worker's process settings (workers.worker), so that bench/e2e.py compares the designs and
+    # not the garbage collector's defaults.
+    tune_gc(gc_gen0_threshold)
+    print("ready", flush=True)
 
 
 async def _embed_catalog(client: RankerClient, catalog: CatalogIndex) -> None:

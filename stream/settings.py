@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     # cache, each per partition) let a 30-minute soak grow the worker by 600 MB (docs/reliability.md).
     rocksdb_write_buffer_mb: int = Field(default=4, ge=1, le=256)
     rocksdb_block_cache_mb: int = Field(default=8, ge=1, le=4096)
+    # Python's collector: with its default (700 allocations) a full collection walked the item view
+    # and tables every ~40 ms while ingesting, ~25% of the worker's time (docs/performance.md).
+    gc_gen0_threshold: int = Field(default=20_000, ge=700, le=1_000_000)
     ingest_batch_max: int = Field(default=1000, ge=1)
     ingest_batch_within_s: float = Field(default=0.05, gt=0, le=10)
     query_batch_max: int = Field(default=32, ge=1, le=256)

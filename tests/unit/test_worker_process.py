@@ -1,4 +1,4 @@
-"""The worker keeps numpy's OpenBLAS to one thread (workers.worker.single_threaded_blas).
+"""The worker process settings (workers.worker): one OpenBLAS thread, a tuned garbage collector.
 
 OpenBLAS starts a thread per core when numpy is imported; those threads spin after each call, and
 on two cores one of them held a whole core of the worker's (docs/performance.md, fifth session).
@@ -41,3 +41,18 @@ def test_the_limit_refuses_to_run_after_numpy() -> None:
     pytest.importorskip("numpy")
     with pytest.raises(RuntimeError, match="numpy was imported"):
         single_threaded_blas()
+
+
+def test_the_worker_freezes_startup_state_and_collects_less_often() -> None:
+    import gc
+
+    from workers.worker import tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc(20_000)
+        assert gc.get_freeze_count() > 0  # what startup built is out of the collector's walks
+        assert gc.get_threshold() == (20_000, before[1], before[2])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
