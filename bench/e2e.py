@@ -46,8 +46,8 @@ MAX_FALLBACK_SHARE = 0.05
 P99_BOUNDS_MS = (100.0, 250.0)  # the bounds the sustainable rates are read at
 # Each system climbs until a window is not sustained or its p99 passes the larger bound, so the
 # ladder must reach past both systems' limits for the throughput ratio to mean anything.
-QUICK_RATES = [5.0, 10.0, 20.0, 40.0, 60.0, 80.0, 120.0, 160.0]
-FULL_RATES = [5.0, 10.0, 20.0, 30.0, 40.0, 60.0, 80.0, 100.0, 120.0, 160.0, 200.0]
+QUICK_RATES = [5.0, 10.0, 20.0, 40.0, 50.0, 60.0, 70.0, 80.0, 100.0, 120.0, 160.0]
+FULL_RATES = [5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 100.0, 120.0, 160.0, 200.0]
 
 
 @dataclass
