@@ -72,7 +72,9 @@ def open_impressions(answers: Sequence[Answer], events: dict[str, Any]) -> None:
         clock.seen(event, imp.ts)
         with event_context(event):
             state, evicted = join.open_impression(feedback.get(imp.user_id), imp, WINDOW)
-            if any(o["request_id"] == imp.request_id for o in state["open"]):
+            # Accepted (open, or evicted at once as the oldest of a full state): its payload is
+            # needed when it closes. Ignored (already closed): nothing to write.
+            if any(o["request_id"] == imp.request_id for o in (*state["open"], *evicted)):
                 payloads[imp.request_id] = join.payload(imp)
             feedback[imp.user_id] = state
             _emit(evicted)
@@ -160,11 +162,12 @@ def _emit(closed: Iterable[join.State]) -> None:
     """Write the examples of closed entries and drop their payloads (inside the user's context)."""
     for entry in closed:
         rid = entry["request_id"]
-        whole = join.payload_of(entry, payloads.get(rid))
+        stored = payloads.get(rid)
+        whole = join.payload_of(entry, stored)
         if whole is None:
             log.warning("impression %s closed without its payload: no training examples", rid)
             continue
-        if payloads.get(rid) is not None:
+        if stored is not None:
             payloads.pop(rid, None)
         rows: list[TrainingExample] = join.examples(entry, whole)
         for row in rows:

@@ -315,8 +315,8 @@ def world() -> Iterator[list[str]]:
         runtime.snapshot.popularity, runtime.snapshot.trending = saved
 
 
-def query_bytes(request_id: str, user_id: str, text: str = "", k: int = 3) -> bytes:
-    return orjson.dumps({"request_id": request_id, "user_id": user_id, "text": text, "ts": TS, "k": k})
+def query_bytes(request_id: str, user_id: str, text: str = "", k: int = 3, ts: float = TS) -> bytes:
+    return orjson.dumps({"request_id": request_id, "user_id": user_id, "text": text, "ts": ts, "k": k})
 
 
 async def test_each_valid_query_gets_exactly_one_fallback_recommendation(
@@ -681,3 +681,27 @@ async def test_erasure_removes_open_impressions_and_their_payloads(outputs: Outp
     assert open_impressions.get(rec.request_id) is None
     feedback_agent.sweep(time.time() + 10 * settings.feedback_window_s, assigned={0, 1, 2, 3})
     assert [v for _, v in outputs["training-examples"] if parse(TrainingExample, v).user_id == user] == []
+
+
+async def test_an_impression_evicted_as_soon_as_it_opens_still_becomes_examples(
+    outputs: Outputs, world: list[str]
+) -> None:
+    """With the user's state full, a query older than every open one is closed at once: its payload
+    must be there for the examples (the oldest goes first, even when it is the newest to arrive)."""
+    user = fresh("u")
+    one_open = feedback_agent.join.Window(settings.feedback_window_s, settings.feedback_grace_s, max_open=1)
+    with (
+        mock.patch.object(runtime.recommender, "client", FakeRanker(error=RankerUnavailable("deadline"))),
+        mock.patch.object(feedback_agent, "WINDOW", one_open),
+    ):
+        async with queries.answer_queries.test_context() as agent:
+            await agent.put(value=query_bytes("new-" + user, user, k=4, ts=TS + 100), key=user.encode())
+            await agent.put(value=query_bytes("old-" + user, user, k=4, ts=TS), key=user.encode())
+            await wait_for(lambda: len(outputs.recommendations()) == 2)
+    examples = [
+        e for _, v in outputs["training-examples"] if (e := parse(TrainingExample, v)).user_id == user
+    ]
+    assert {e.request_id for e in examples} == {"old-" + user}
+    assert len(examples) == 4
+    assert open_impressions.get("old-" + user) is None
+    assert [o["request_id"] for o in feedback.get(user)["open"]] == ["new-" + user]
