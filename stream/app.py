@@ -66,6 +66,17 @@ class App(faust.App):
         os._exit(AGENT_CRASH_EXIT)
 
 
+class Worker(faust.Worker):
+    """Faust's worker, with the root logger left at the configured level."""
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        super().on_setup_root_logger(logger, level)
+        # At WARN and above Faust adds its terminal spinner's handler and sets the root logger to
+        # DEBUG for it, so every library's debug call built a record: aiokafka's fetcher logs one
+        # per partition per fetch, ~4% of the worker's busy CPU under load (docs/performance.md).
+        logger.setLevel(level)
+
+
 def create_app(settings: Settings) -> faust.App:
     datadir = settings.run_dir / "workers" / settings.worker_instance_id
     datadir.parent.mkdir(parents=True, exist_ok=True)
@@ -76,6 +87,7 @@ def create_app(settings: Settings) -> faust.App:
         store=settings.store_url,
         datadir=str(datadir),
         autodiscover=["stream.agents"],
+        Worker=Worker,
         origin="stream",
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=1,

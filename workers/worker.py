@@ -43,8 +43,21 @@ def tune_gc(gen0_threshold: int) -> None:
     gc.set_threshold(gen0_threshold, gen1, gen2)
 
 
+def use_uvloop() -> None:
+    """Run the worker's event loops on uvloop.
+
+    Faust reads ``-L uvloop`` from ``sys.argv`` when ``faust`` is first imported, which here is
+    before ``run_worker`` builds the command line: the flag alone left the worker on asyncio's
+    selector loop. Setting the policy before the first loop is made is what takes effect.
+    """
+    import mode.loop
+
+    mode.loop.use("uvloop")
+
+
 def run_worker(settings: Settings) -> None:
     single_threaded_blas()
+    use_uvloop()
     asyncio.run(ensure_topics(settings))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from stream.app import app  # imported late: building the app reads settings and opens no sockets
@@ -56,8 +69,6 @@ def run_worker(settings: Settings) -> None:
 
     sys.argv = [
         "streamrec-worker",
-        "-L",
-        "uvloop",
         "worker",
         "--loglevel",
         FAUST_LOG_LEVELS[settings.log_level],

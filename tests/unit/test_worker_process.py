@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +57,40 @@ def test_the_worker_freezes_startup_state_and_collects_less_often() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def _fresh(code: str, tmp: str) -> str:
+    """``code``'s output in a fresh interpreter with the unit tests' app settings (no broker)."""
+    env = {**os.environ, "STREAMREC_STORE_URL": "memory://", "STREAMREC_RUN_DIR": tmp}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip()
+
+
+LOOP = "import asyncio; print(type(asyncio.new_event_loop()).__module__.split('.')[0])"
+
+
+def test_the_worker_runs_on_uvloop(tmp_path: Path) -> None:
+    # Faust's -L flag is read when faust is imported, which is before the worker's command line is
+    # built: the policy set by use_uvloop is what takes effect.
+    assert _fresh("import stream.app; " + LOOP, str(tmp_path)) == "asyncio"
+    assert _fresh(
+        "import stream.app; from workers.worker import use_uvloop; use_uvloop(); " + LOOP, str(tmp_path)
+    ) == ("uvloop")
+
+
+ROOT_LEVEL = """
+import logging, faust
+from stream.app import Worker, app
+w = {cls}(app, loglevel="warn", redirect_stdouts=False)
+w._setup_logging()  # what the worker's start runs
+print(logging.getLogger().getEffectiveLevel(), logging.getLogger("aiokafka.consumer.fetcher").isEnabledFor(logging.DEBUG))
+"""
+
+
+def test_a_worker_at_warn_builds_no_debug_records(tmp_path: Path) -> None:
+    # Faust's spinner sets the root logger to DEBUG at WARN and above: every library debug call
+    # (aiokafka's fetcher, one per partition per fetch) then built a record.
+    assert _fresh(ROOT_LEVEL.format(cls="faust.Worker"), str(tmp_path)) == "10 True"
+    assert _fresh(ROOT_LEVEL.format(cls="Worker"), str(tmp_path)) == "30 False"
