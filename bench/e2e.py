@@ -202,8 +202,13 @@ def same_ranker_state(base: Settings, items: list[Any], chunk: int = 16) -> None
     model = base.ranker_model
     client = grpcclient.InferenceServerClient(base.triton_grpc_url)
     client.unload_model(model)
+    # Not ready is not unloaded: a load while the old instance is still UNLOADING (~1 s) left its
+    # stub process running for good.
     deadline = time.monotonic() + 60
-    while client.is_model_ready(model) and time.monotonic() < deadline:
+    while time.monotonic() < deadline and any(
+        m.name == model and m.state in ("READY", "UNLOADING")
+        for m in client.get_model_repository_index().models
+    ):
         time.sleep(0.1)
     client.load_model(model, client_timeout=300)
     texts = [item_text(item) for item in items]
