@@ -16,9 +16,10 @@ from itertools import repeat
 import numpy as np
 
 from stream.catalog import CatalogIndex
-from stream.features import Signals, fallback_scores, feature_matrix
+from stream.features import Signals, fallback_scores, normalised_features
 from stream.itemstats import ItemStats, knn_similarity
 from stream.profile import Profile, interacted, recent_distinct
+from stream.records import Item
 
 
 @dataclass(frozen=True)
@@ -125,36 +126,54 @@ def gather(
             if len(acc) >= params.limit:
                 break
 
+    # Column by column, and a Signals record only for the rows kept: building one per gathered
+    # item (hundreds a query, most of them cut) cost more than the blend itself.
     affinities = profile.decayed_affinities(now)
-    signals = []
-    for item_id, entry in acc.items():
-        item = items.get(item_id)
-        categories = item.categories if item is not None else []
-        affinity = sum(map(affinities.get, categories, repeat(0.0))) / max(len(categories), 1) ** 0.5
-        # Positional, in field order: a frozen dataclass built from keywords costs twice as much,
-        # and this runs for every gathered item (hundreds per query), not only the kept ones.
-        signals.append(
-            Signals(
-                item_id,
-                lexical.get(item_id, 0.0),
-                semantic.get(item_id, 0.0),
-                entry.covisit,
-                entry.knn,
-                affinity,
-                float(trending.get(item_id, 0)),
-                float(popularity.get(item_id, 0)),
-            )
-        )
+    ids = list(acc)
+    entries = list(acc.values())
+    lexical_col = list(map(lexical.get, ids, repeat(0.0)))
+    semantic_col = list(map(semantic.get, ids, repeat(0.0)))
+    covisit_col = [e.covisit for e in entries]
+    knn_col = [e.knn for e in entries]
+    affinity_col = [_affinity(affinities, items.get(i)) for i in ids]
+    trending_col = [float(trending.get(i, 0)) for i in ids]
+    popularity_col = [float(popularity.get(i, 0)) for i in ids]
+    raw = np.array(
+        [lexical_col, semantic_col, covisit_col, knn_col, affinity_col, trending_col], dtype=np.float64
+    ).T.copy()
     max_pop = float(max(popularity.values(), default=1))
-    features = feature_matrix(signals, cold_user=profile.is_cold, max_popularity=max_pop)
+    features = normalised_features(
+        raw, np.array(popularity_col, dtype=np.float64), cold_user=profile.is_cold, max_popularity=max_pop
+    )
     blend = fallback_scores(features)
     # Stable order: by blend, then item id, so equal inputs always give equal outputs. The blend as
     # Python floats once (the same values as float() of each element), not a numpy scalar per key.
     blend_values = blend.tolist()
-    ids = list(acc)
     order = sorted(range(len(ids)), key=lambda r: (-blend_values[r], ids[r]))[: params.limit]
-    candidates = [Candidate(signals[r], frozenset(acc[ids[r]].sources), acc[ids[r]].anchor) for r in order]
+    candidates = [
+        Candidate(
+            # Positional, in field order: a frozen dataclass built from keywords costs twice as much.
+            Signals(
+                ids[r],
+                lexical_col[r],
+                semantic_col[r],
+                covisit_col[r],
+                knn_col[r],
+                affinity_col[r],
+                trending_col[r],
+                popularity_col[r],
+            ),
+            frozenset(entries[r].sources),
+            entries[r].anchor,
+        )
+        for r in order
+    ]
     return CandidateSet(candidates, features[order], blend[order], genres)
+
+
+def _affinity(affinities: Mapping[str, float], item: Item | None) -> float:
+    categories = item.categories if item is not None else []
+    return sum(map(affinities.get, categories, repeat(0.0))) / max(len(categories), 1) ** 0.5
 
 
 def _add_neighbours(

@@ -51,17 +51,28 @@ class Signals:
     popularity: float = 0.0
 
 
-# One C-level getter per row instead of six attribute loads in a Python list (hundreds of rows per query).
+# One C-level getter per row instead of six attribute loads in a Python list.
 _RAW_COLUMNS = attrgetter("lexical", "semantic", "covisit", "knn", "affinity", "trending")
 _POPULARITY = attrgetter("popularity")
 
 
 def feature_matrix(signals: list[Signals], cold_user: bool, max_popularity: float) -> np.ndarray:
     """Rows in ``signals`` order, columns in ``FEATURE_NAMES`` order, float32, all in [0, 1]."""
-    out = np.zeros((len(signals), N_FEATURES), dtype=np.float32)
     if not signals:
-        return out
+        return np.zeros((0, N_FEATURES), dtype=np.float32)
     raw = np.array(list(map(_RAW_COLUMNS, signals)), dtype=np.float64)
+    popularity = np.array(list(map(_POPULARITY, signals)), dtype=np.float64)
+    return normalised_features(raw, popularity, cold_user, max_popularity)
+
+
+def normalised_features(
+    raw: np.ndarray, popularity: np.ndarray, cold_user: bool, max_popularity: float
+) -> np.ndarray:
+    """``feature_matrix`` from the raw columns: ``raw`` is (rows, 6) float64 in ``Signals`` field
+    order (lexical .. trending), ``popularity`` the rows' all-time counts. ``raw`` is changed."""
+    out = np.zeros((len(raw), N_FEATURES), dtype=np.float32)
+    if not len(raw):
+        return out
     raw[:, 1] = np.clip(raw[:, 1], 0.0, 1.0)  # cosine is already bounded; negatives carry no evidence
     for col in (0, 2, 3, 4, 5):
         top = raw[:, col].max()
@@ -69,7 +80,7 @@ def feature_matrix(signals: list[Signals], cold_user: bool, max_popularity: floa
             raw[:, col] /= top
     out[:, :6] = raw
     pop_scale = np.log1p(max(max_popularity, 1.0))
-    out[:, 6] = np.log1p(np.array(list(map(_POPULARITY, signals)))) / pop_scale
+    out[:, 6] = np.log1p(popularity) / pop_scale
     out[:, 7] = 1.0 if cold_user else 0.0
     return out
 

@@ -7,7 +7,7 @@ import pytest
 
 from stream.candidates import CandidateParams, CandidateSet, gather, top_genres
 from stream.catalog import CatalogIndex
-from stream.features import FEATURE_NAMES, fallback_scores
+from stream.features import FEATURE_NAMES, fallback_scores, feature_matrix
 from stream.itemstats import ItemStats
 from stream.profile import Profile, RecentItem, recent_distinct
 from stream.records import Item
@@ -275,6 +275,29 @@ def test_all_features_are_in_the_unit_interval() -> None:
     # Every normalised column reaches 1 for its best row.
     for name in ("lexical", "covisit", "knn", "affinity", "trending"):
         assert cands.features[:, COL[name]].max() == pytest.approx(1.0), name
+
+
+def test_features_are_those_of_the_signals_kept() -> None:
+    # The stage builds its matrix column by column and Signals records only for the rows it keeps;
+    # offline training builds the matrix from Signals (feature_matrix). Both must agree exactly.
+    catalog = build_catalog(n_filler=20)
+    for n, item_id in enumerate(catalog.items):
+        catalog.set_vector(item_id, np.array([np.cos(n), np.sin(n)], dtype=np.float32))
+    p = profile(("sw", "view"), ("fargo", "click"), affinities={"Drama": 4.0, "Action": 1.0})
+    stats = {
+        "sw": ItemStats("sw", total=9, cooc={"esb": 5.0, "f001": 2.0}, near={"esb": 5.0}),
+        "fargo": ItemStats("fargo", total=3, cooc={"heat": 3.0}, near={"heat": 1.0}),
+    }
+    popularity = {i: 1000 * (n + 1) for n, i in enumerate(catalog.items)}
+    cands = run(p, query="star drama", catalog=catalog, stats=stats, popularity=popularity,
+                trending={"alien": 50, "f002": 3}, query_vec=np.array([1.0, 0.0], np.float32),
+                params=CandidateParams(limit=100))  # fmt: skip
+    assert len(cands.candidates) > 20  # every gathered item kept: the normalisation sees the same rows
+    signals = [c.signals for c in cands.candidates]
+    expected = feature_matrix(signals, cold_user=False, max_popularity=max(popularity.values()))
+    assert cands.features.tobytes() == expected.tobytes()
+    assert cands.fallback.tobytes() == fallback_scores(expected).tobytes()
+    assert all(isinstance(getattr(s, f), float) for s in signals for f in FEATURE_NAMES[:7])
 
 
 def test_empty_world_gives_an_empty_set() -> None:
