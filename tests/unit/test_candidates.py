@@ -257,29 +257,8 @@ def test_deterministic_for_equal_inputs() -> None:
     assert [c.sources for c in a.candidates] == [c.sources for c in b.candidates]
 
 
-def test_all_features_are_in_the_unit_interval() -> None:
-    catalog = build_catalog(n_filler=20)
-    for n, item_id in enumerate(catalog.items):
-        catalog.set_vector(item_id, np.array([np.cos(n), np.sin(n)], dtype=np.float32))
-    p = profile(("sw", "view"), ("fargo", "click"), affinities={"Drama": 4.0, "Action": 1.0})
-    stats = {
-        "sw": ItemStats("sw", total=9, cooc={"esb": 5.0, "f001": 2.0}, near={"esb": 5.0}),
-        "fargo": ItemStats("fargo", total=3, cooc={"heat": 3.0}, near={"heat": 1.0}),
-    }
-    popularity = {i: 1000 * (n + 1) for n, i in enumerate(catalog.items)}
-    cands = run(p, query="star drama", catalog=catalog, stats=stats, popularity=popularity,
-                trending={"alien": 50, "f002": 3}, query_vec=np.array([1.0, 0.0], np.float32))  # fmt: skip
-    assert cands.features.dtype == np.float32
-    assert (cands.features >= 0).all()
-    assert (cands.features <= 1.0 + 1e-6).all()
-    # Every normalised column reaches 1 for its best row.
-    for name in ("lexical", "covisit", "knn", "affinity", "trending"):
-        assert cands.features[:, COL[name]].max() == pytest.approx(1.0), name
-
-
-def test_features_are_those_of_the_signals_kept() -> None:
-    # The stage builds its matrix column by column and Signals records only for the rows it keeps;
-    # offline training builds the matrix from Signals (feature_matrix). Both must agree exactly.
+def every_source(params: CandidateParams | None = None) -> tuple[CandidateSet, dict[str, int]]:
+    """A world where every source contributes: query (both kinds), behaviour, genres, trending."""
     catalog = build_catalog(n_filler=20)
     for n, item_id in enumerate(catalog.items):
         catalog.set_vector(item_id, np.array([np.cos(n), np.sin(n)], dtype=np.float32))
@@ -291,7 +270,24 @@ def test_features_are_those_of_the_signals_kept() -> None:
     popularity = {i: 1000 * (n + 1) for n, i in enumerate(catalog.items)}
     cands = run(p, query="star drama", catalog=catalog, stats=stats, popularity=popularity,
                 trending={"alien": 50, "f002": 3}, query_vec=np.array([1.0, 0.0], np.float32),
-                params=CandidateParams(limit=100))  # fmt: skip
+                params=params)  # fmt: skip
+    return cands, popularity
+
+
+def test_all_features_are_in_the_unit_interval() -> None:
+    cands, _ = every_source()
+    assert cands.features.dtype == np.float32
+    assert (cands.features >= 0).all()
+    assert (cands.features <= 1.0 + 1e-6).all()
+    # Every normalised column reaches 1 for its best row.
+    for name in ("lexical", "covisit", "knn", "affinity", "trending"):
+        assert cands.features[:, COL[name]].max() == pytest.approx(1.0), name
+
+
+def test_features_are_those_of_the_signals_kept() -> None:
+    # The stage builds its matrix column by column and Signals records only for the rows it keeps;
+    # offline training builds the matrix from Signals (feature_matrix). Both must agree exactly.
+    cands, popularity = every_source(CandidateParams(limit=100))
     assert len(cands.candidates) > 20  # every gathered item kept: the normalisation sees the same rows
     signals = [c.signals for c in cands.candidates]
     expected = feature_matrix(signals, cold_user=False, max_popularity=max(popularity.values()))
