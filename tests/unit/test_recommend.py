@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -11,7 +9,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from stream.candidates import gather
 from stream.catalog import CatalogIndex
 from stream.features import N_FEATURES
 from stream.itemstats import ItemStats
@@ -238,36 +235,3 @@ async def test_k_is_respected_up_to_the_candidate_count(k: int) -> None:
     rec, _, _ = make(client)
     [out] = await rec.recommend([(query(k=k), buyer())])
     assert len(out.items) == min(k, rec.settings.candidates_max)
-
-
-async def test_the_loop_runs_between_the_gathers_of_a_batch(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Gathering is pure Python (~5 ms a query): a batch that gathers all its queries in one go holds
-    # the event loop, and with it every other batch's sends and Triton replies, for the sum.
-    import stream.recommend as recommend_module
-
-    ticks = 0
-    seen: list[int] = []
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await asyncio.sleep(0)
-
-    def counting_gather(*args: Any, **kwargs: Any) -> Any:
-        seen.append(ticks)
-        return gather(*args, **kwargs)
-
-    monkeypatch.setattr(recommend_module, "gather", counting_gather)
-    client = FakeRanker(score=lambda r: np.linspace(1, 0, len(r.item_texts), dtype=np.float32))
-    rec, _, _ = make(client)
-    batch = [(query(f"r-{n}", k=3), Profile(user_id=f"u-{n}")) for n in range(5)]
-    task = asyncio.create_task(ticker())
-    await asyncio.sleep(0)
-    try:
-        out = await rec.recommend(batch)
-    finally:
-        task.cancel()
-    assert [r.request_id for r in out] == [f"r-{n}" for n in range(5)]
-    assert len(seen) == 5
-    assert all(later > earlier for earlier, later in itertools.pairwise(seen)), seen
