@@ -43,21 +43,8 @@ def tune_gc(gen0_threshold: int) -> None:
     gc.set_threshold(gen0_threshold, gen1, gen2)
 
 
-def use_uvloop() -> None:
-    """Run the worker's event loops on uvloop.
-
-    Faust reads ``-L uvloop`` from ``sys.argv`` when ``faust`` is first imported, which here is
-    before ``run_worker`` builds the command line: the flag alone left the worker on asyncio's
-    selector loop. Setting the policy before the first loop is made is what takes effect.
-    """
-    import mode.loop
-
-    mode.loop.use("uvloop")
-
-
 def run_worker(settings: Settings) -> None:
     single_threaded_blas()
-    use_uvloop()
     asyncio.run(ensure_topics(settings))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from stream.app import app  # imported late: building the app reads settings and opens no sockets
@@ -67,6 +54,8 @@ def run_worker(settings: Settings) -> None:
     asyncio.run(follower.preload())
     tune_gc(settings.gc_gen0_threshold)
 
+    # No "-L uvloop": Faust reads it when faust is imported, long before this, so it never applied;
+    # uvloop for real is left out until the takeover test is understood (docs/performance.md).
     sys.argv = [
         "streamrec-worker",
         "worker",

@@ -68,18 +68,6 @@ def _fresh(code: str, tmp: str) -> str:
     return out.stdout.strip()
 
 
-LOOP = "import asyncio; print(type(asyncio.new_event_loop()).__module__.split('.')[0])"
-
-
-def test_the_worker_runs_on_uvloop(tmp_path: Path) -> None:
-    # Faust's -L flag is read when faust is imported, which is before the worker's command line is
-    # built: the policy set by use_uvloop is what takes effect.
-    assert _fresh("import stream.app; " + LOOP, str(tmp_path)) == "asyncio"
-    assert _fresh(
-        "import stream.app; from workers.worker import use_uvloop; use_uvloop(); " + LOOP, str(tmp_path)
-    ) == ("uvloop")
-
-
 ROOT_LEVEL = """
 import logging, faust
 from stream.app import Worker, app
