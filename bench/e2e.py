@@ -189,6 +189,20 @@ async def load_window(
     return Window(rate, len(sent_ts), len(latencies), latencies, fallbacks, cpu1 - cpu0, rss, triton)
 
 
+def ranker_inputs(queries: np.ndarray, items: np.ndarray, features: np.ndarray) -> list[Any]:
+    """The ranker's three inputs (rows x 1 bytes, rows x 1 bytes, rows x 8 float32) for tritonclient.grpc."""
+    import tritonclient.grpc as grpcclient
+
+    inputs = [
+        grpcclient.InferInput("QUERY", list(queries.shape), "BYTES"),
+        grpcclient.InferInput("ITEM", list(items.shape), "BYTES"),
+        grpcclient.InferInput("FEATURES", list(features.shape), "FP32"),
+    ]
+    for inp, array in zip(inputs, (queries, items, features), strict=True):
+        inp.set_data_from_numpy(array)
+    return inputs
+
+
 def same_ranker_state(base: Settings, items: list[Any], chunk: int = 16) -> None:
     """Reload the ranker (its query-embedding cache empty) and warm its item cache with the catalog.
 
@@ -214,14 +228,11 @@ def same_ranker_state(base: Settings, items: list[Any], chunk: int = 16) -> None
     texts = [item_text(item) for item in items]
     for start in range(0, len(texts), chunk):
         rows = texts[start : start + chunk]
-        inputs = [
-            grpcclient.InferInput("QUERY", [len(rows), 1], "BYTES"),
-            grpcclient.InferInput("ITEM", [len(rows), 1], "BYTES"),
-            grpcclient.InferInput("FEATURES", [len(rows), 8], "FP32"),
-        ]
-        inputs[0].set_data_from_numpy(np.array([[b""]] * len(rows), dtype=object))
-        inputs[1].set_data_from_numpy(np.array([[t.encode()] for t in rows], dtype=object))
-        inputs[2].set_data_from_numpy(np.zeros((len(rows), 8), dtype=np.float32))
+        inputs = ranker_inputs(
+            np.array([[b""]] * len(rows), dtype=object),
+            np.array([[t.encode()] for t in rows], dtype=object),
+            np.zeros((len(rows), 8), dtype=np.float32),
+        )
         client.infer(model, inputs, client_timeout=60)
     client.close()
 
@@ -385,14 +396,7 @@ def overhead_bs1(base: Settings, n: int = 200) -> dict[str, float]:
     q = np.array([[b"search: comedy | likes: Comedy"]], dtype=object)
     i = np.array([[b"Toy Story (1995). Animation, Children's, Comedy. 1995."]], dtype=object)
     f = np.zeros((1, 8), dtype=np.float32)
-    inputs = [
-        grpcclient.InferInput("QUERY", [1, 1], "BYTES"),
-        grpcclient.InferInput("ITEM", [1, 1], "BYTES"),
-        grpcclient.InferInput("FEATURES", [1, 8], "FP32"),
-    ]
-    inputs[0].set_data_from_numpy(q)
-    inputs[1].set_data_from_numpy(i)
-    inputs[2].set_data_from_numpy(f)
+    inputs = ranker_inputs(q, i, f)
     for _ in range(10):
         client.infer("ranker", inputs)
     labels = {"model": "ranker"}

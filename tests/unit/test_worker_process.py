@@ -21,12 +21,17 @@ COUNT = (
 )
 
 
+def _output(code: str, env: dict[str, str]) -> str:
+    """``code``'s output in a fresh interpreter."""
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip()
+
+
 def _threads(prelude: str) -> int:
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
-    out = subprocess.run(
-        [sys.executable, "-c", prelude + COUNT], env=env, cwd=ROOT, capture_output=True, text=True, check=True
-    )
-    return int(out.stdout.strip())
+    return int(_output(prelude + COUNT, env))
 
 
 def test_the_worker_limits_blas_to_its_own_thread() -> None:
@@ -61,11 +66,7 @@ def test_the_worker_freezes_startup_state_and_collects_less_often() -> None:
 
 def _fresh(code: str, tmp: str) -> str:
     """``code``'s output in a fresh interpreter with the unit tests' app settings (no broker)."""
-    env = {**os.environ, "STREAMREC_STORE_URL": "memory://", "STREAMREC_RUN_DIR": tmp}
-    out = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True
-    )
-    return out.stdout.strip()
+    return _output(code, {**os.environ, "STREAMREC_STORE_URL": "memory://", "STREAMREC_RUN_DIR": tmp})
 
 
 ROOT_LEVEL = """
