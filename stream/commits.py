@@ -15,9 +15,12 @@ docs/reliability.md, fourth session):
   lands was seen dropped, and its fetch position had moved past it). Such a message (gone, or passed
   over in its FIFO queue, unacked) is fetched again: the partition is sought back to it at the next
   commit. What comes again after it is deduplicated downstream (request ids, profile offsets).
-- **A partition with no committed offset.** aiokafka left one where its position was: after a
-  takeover the survivor began a dead worker's uncommitted partitions at their end. Here it starts at
-  the earliest offset.
+- **A partition with no committed offset, or with offset 0 committed.** aiokafka's
+  ``seek_to_committed`` leaves either where its position is (it seeks only ``if offset and offset >
+  0``). After a takeover the survivor began a dead worker's uncommitted partitions at their end; and
+  with the group anchored at 0, records the survivor fetched while its flow was stopped (a rebalance)
+  were never handed over, the "seek back" to 0 did nothing, and the first commit passed them (21
+  queries lost in one run of the chaos takeover test). Here both start at the earliest offset.
 - **An output still in the send buffer.** Before committing, Faust flushes the producer, but its send
   buffer's flush returns after 0.1 s without progress (``ProducerBuffer.flush_atmost``): answers made
   for committed messages were still in the buffer, and a ``kill -9`` lost them. Here a flush returns
@@ -155,18 +158,20 @@ class InFlightSafeConsumer(aiokafka_driver.Consumer):
                 await self.seek(tp, offset)
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
-        """Faust's seek, and a partition of streamrec's with no committed offset starts at its
-        earliest offset. aiokafka leaves such a partition wherever its position is: after a takeover
-        the survivor began a dead worker's partitions that had no commit yet at their end (every
-        query sent to them since the kill unanswered). Input partitions are anchored at offset 0
-        when they are created (``workers.kafka_clients.anchor_group_offsets``), so this is for those
-        created otherwise; an extra seek is not free (a message handed over as one lands was seen
-        dropped)."""
+        """Faust's seek, and a partition of streamrec's with no committed offset, or offset 0
+        committed, starts at its earliest offset: aiokafka seeks neither, and leaves it wherever its
+        position is. With no commit, after a takeover the survivor began a dead worker's partitions
+        at their end (every query sent to them since the kill unanswered). With 0 (every input
+        partition is anchored there when created, ``workers.kafka_clients.anchor_group_offsets``),
+        the position had moved past records fetched during a rebalance and never handed over: Faust
+        seeks to the committed offsets to fetch those again, and Faust's commit (its committed offset
+        is unknown: it reads 0 as none) then passed them. Other partitions are left to aiokafka: an
+        extra seek is not free (a message handed over as one lands was seen dropped)."""
         committed = await super().seek_to_committed()
         unstarted = [
             tp
             for tp, offset in committed.items()
-            if offset is None and not self._is_changelog_tp(tp) and self.app.topics.acks_enabled_for(tp.topic)
+            if not offset and not self._is_changelog_tp(tp) and self.app.topics.acks_enabled_for(tp.topic)
         ]
         if unstarted:
             earliest = await self.earliest_offsets(*unstarted)

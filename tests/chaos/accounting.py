@@ -78,6 +78,8 @@ class Accounting:
         return "| " + " | ".join(str(c) for c in cells) + " |"
 
     def to_json(self) -> str:
+        """Also the chaos tests' assertion message: pytest cuts any other object's repr to 240
+        characters, which hid where the missing queries were."""
         return json.dumps({**asdict(self), "duplicates": self.duplicates}, sort_keys=True)
 
     @classmethod

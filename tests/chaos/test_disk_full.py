@@ -107,7 +107,7 @@ def test_disk_full_mid_replay_stops_the_worker_and_loses_nothing(
     # A clear error: the cause in the log, and a non-zero exit a supervisor (k8s) restarts on.
     assert "No space left on device" in log, worker.tail()
     assert declared is not None and status == int(declared.group(1)) != 0, (status, worker.tail())
-    assert result.missing == 0, result
-    assert result.divergent == 0, result
-    assert result.max_answers <= MAX_ANSWERS_AFTER_ONE_CRASH, result
-    assert result.recovery_s is not None and result.recovery_s < RECOVERY_TARGET_S, result
+    assert result.missing == 0, result.to_json()
+    assert result.divergent == 0, result.to_json()
+    assert result.max_answers <= MAX_ANSWERS_AFTER_ONE_CRASH, result.to_json()
+    assert result.recovery_s is not None and result.recovery_s < RECOVERY_TARGET_S, result.to_json()

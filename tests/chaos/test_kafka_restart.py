@@ -60,8 +60,8 @@ def test_broker_restart_mid_replay(
         worker_restarts=len(worker.started) - 1,
     )
     assert worker.alive(), f"the worker survives a broker restart:\n{worker.tail()}"
-    assert result.missing == 0, result
-    assert result.divergent == 0, result
+    assert result.missing == 0, result.to_json()
+    assert result.divergent == 0, result.to_json()
     # docs/guarantees.md: no worker crashed, so exactly one recommendation per request.
-    assert result.duplicates == 0, result
-    assert result.recovery_s is not None and result.recovery_s < RECOVERY_TARGET_S, result
+    assert result.duplicates == 0, result.to_json()
+    assert result.recovery_s is not None and result.recovery_s < RECOVERY_TARGET_S, result.to_json()

@@ -128,8 +128,8 @@ def _pid(settings: Settings) -> int:
 
 def _assert_no_loss(result: Accounting) -> None:
     # docs/guarantees.md: without a worker crash, exactly one recommendation per request.
-    assert result.missing == 0, result
-    assert result.duplicates == 0, result
-    assert result.divergent == 0, result
+    assert result.missing == 0, result.to_json()
+    assert result.duplicates == 0, result.to_json()
+    assert result.divergent == 0, result.to_json()
     assert result.fallback > 0, f"the fault was felt: {result}"
-    assert result.recovery_s is not None and result.recovery_s < RANKING_RESUMES_S, result
+    assert result.recovery_s is not None and result.recovery_s < RANKING_RESUMES_S, result.to_json()

@@ -56,10 +56,10 @@ def test_kill_9_mid_replay_and_restart(
         "restart → every partition answers a new query",
         ready_s=round(ready_s, 1),
     )
-    assert result.missing == 0, result
-    assert result.divergent == 0, result
-    assert result.max_answers <= MAX_ANSWERS_AFTER_ONE_CRASH, result
-    assert result.recovery_s is not None and result.recovery_s < RECOVERY_TARGET_S, result
+    assert result.missing == 0, result.to_json()
+    assert result.divergent == 0, result.to_json()
+    assert result.max_answers <= MAX_ANSWERS_AFTER_ONE_CRASH, result.to_json()
+    assert result.recovery_s is not None and result.recovery_s < RECOVERY_TARGET_S, result.to_json()
 
 
 def test_two_workers_kill_9_one_and_the_other_takes_over(
@@ -104,7 +104,7 @@ def test_two_workers_kill_9_one_and_the_other_takes_over(
     )
     assert all(s > 0 for s in shares), f"both workers applied events before the kill: {shares}"
     assert first.alive() and not second.alive()
-    assert result.missing == 0, result
-    assert result.divergent == 0, result
-    assert result.max_answers <= MAX_ANSWERS_AFTER_TAKEOVER, result
-    assert result.recovery_s is not None and result.recovery_s < RECOVERY_TARGET_S, result
+    assert result.missing == 0, result.to_json()
+    assert result.divergent == 0, result.to_json()
+    assert result.max_answers <= MAX_ANSWERS_AFTER_TAKEOVER, result.to_json()
+    assert result.recovery_s is not None and result.recovery_s < RECOVERY_TARGET_S, result.to_json()

@@ -173,18 +173,22 @@ class FakeThread:
         self.seeks.append((tp, offset))
 
 
-async def test_a_partition_with_no_committed_offset_starts_at_its_earliest() -> None:
-    P1, P2, CHANGELOG = TP(TOPIC, 1), TP(TOPIC, 2), TP("profiles-changelog", 0)
+async def test_a_partition_with_no_committed_offset_or_0_starts_at_its_earliest() -> None:
+    P1, P2, P3, CHANGELOG = TP(TOPIC, 1), TP(TOPIC, 2), TP(TOPIC, 3), TP("profiles-changelog", 0)
     c = consumer(InFlightSafeConsumer, None, [], [])
-    c._thread = FakeThread({P0: 12, P1: None, P2: 0, CHANGELOG: None}, {P1: 3, P2: 0, CHANGELOG: 0})
+    c._thread = FakeThread(
+        {P0: 12, P1: None, P2: 0, P3: 0, CHANGELOG: None}, {P1: 3, P2: 0, P3: 7, CHANGELOG: 0}
+    )
     c.app = SimpleNamespace(
         tables=SimpleNamespace(changelog_topics={"profiles-changelog"}),
         topics=SimpleNamespace(acks_enabled_for=lambda topic: topic == TOPIC),
     )
     committed = await c.seek_to_committed()
-    # Committed partitions stay where aiokafka put them; table changelogs are Faust's to place.
-    assert c._thread.seeks == [(P1, 3)]  # offset 0 committed: aiokafka starts there itself
-    assert committed == {P0: 12, P1: None, P2: 0, CHANGELOG: None}
+    # Offset 12 committed: aiokafka sought it. Offset 0 (the anchor) or none: aiokafka leaves the
+    # position where it is, which a fetch during a rebalance may have moved past records never
+    # handed over. Table changelogs are Faust's to place.
+    assert c._thread.seeks == [(P1, 3), (P2, 0), (P3, 7)]
+    assert committed == {P0: 12, P1: None, P2: 0, P3: 0, CHANGELOG: None}
 
 
 def test_split_at() -> None:
