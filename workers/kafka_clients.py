@@ -127,7 +127,7 @@ async def anchor_group_offsets(
     a takeover of one whose dead owner had not committed yet the survivor began it at its end (every
     query sent to it since the kill unanswered, docs/reliability.md). The broker takes such a commit
     only while the group has no members; otherwise the members' own commits stand and nothing is
-    changed."""
+    changed. aiokafka does not seek back to a committed 0 either; ``stream.commits`` does."""
     tps = input_partitions(settings, topics)
     consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=settings.app_id, enable_auto_commit=False)
     await consumer.start()
