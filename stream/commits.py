@@ -145,6 +145,7 @@ class InFlightSafeConsumer(aiokafka_driver.Consumer):
             return
         assigned = self.assignment()
         now = time.monotonic()
+        again: dict[TP, int] = {}
         for tp, delivered in list(self._delivered.items()):
             offset = delivered.first_dropped(self._done(tp))
             if offset is None or tp not in assigned:
@@ -155,7 +156,16 @@ class InFlightSafeConsumer(aiokafka_driver.Consumer):
                 log.warning(
                     "%s[%s]@%s was dropped unprocessed: fetching it again", tp.topic, tp.partition, offset
                 )
-                await self.seek(tp, offset)
+                again[tp] = offset
+        if again:
+            await self.seek_on_consumer_thread(again)
+
+    async def seek_on_consumer_thread(self, positions: Mapping[TP, int]) -> None:
+        """Seek (and set Faust's read offsets) on the thread that runs aiokafka's consumer. Faust's
+        ``seek`` calls aiokafka's from the app's loop: it wakes the fetcher through a future of the
+        consumer thread's loop set from another thread, and changes the fetcher's state while that
+        thread may be fetching (asyncio's debug mode raises "Non-thread-safe operation")."""
+        await self.seek_wait(positions)
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         """Faust's seek, and a partition of streamrec's with no committed offset, or offset 0
@@ -175,8 +185,7 @@ class InFlightSafeConsumer(aiokafka_driver.Consumer):
         ]
         if unstarted:
             earliest = await self.earliest_offsets(*unstarted)
-            for tp in unstarted:
-                await self._seek(tp, earliest[tp])
+            await self.seek_on_consumer_thread({tp: earliest[tp] for tp in unstarted})
         return committed
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:

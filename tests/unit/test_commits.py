@@ -137,11 +137,11 @@ async def test_a_dropped_message_is_fetched_again() -> None:
     c = consumer(InFlightSafeConsumer, 20, [20, 22], [*kept, message(21)])
     seeks: list[tuple[TP, int]] = []
 
-    async def seek(tp: TP, offset: int) -> None:
-        seeks.append((tp, offset))
+    async def seek_wait(positions: dict[TP, int]) -> None:
+        seeks.extend(positions.items())
 
     c.assignment = lambda: {P0}
-    c.seek = seek
+    c.seek_wait = seek_wait
     await c._fetch_dropped_again()
     assert seeks == [(P0, 21)]
     await c._fetch_dropped_again()  # a commit soon after: the fetch started by the seek goes on
@@ -162,15 +162,21 @@ class FakeThread:
         self.committed = committed
         self.earliest = earliest
         self.seeks: list[tuple[TP, int]] = []
+        self.seeks_from_another_thread: list[tuple[TP, int]] = []
 
     async def seek_to_committed(self) -> dict[TP, int | None]:
         return dict(self.committed)
+
+    async def seek_wait(self, positions: dict[TP, int]) -> None:
+        """Faust's seek run on the consumer's own thread (``call_thread``)."""
+        self.seeks.extend(positions.items())
 
     async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
         return {tp: self.earliest[tp] for tp in tps}
 
     def seek(self, tp: TP, offset: int) -> None:
-        self.seeks.append((tp, offset))
+        """Faust's ``_seek``: aiokafka's seek called from the app's loop, not the consumer's."""
+        self.seeks_from_another_thread.append((tp, offset))
 
 
 async def test_a_partition_with_no_committed_offset_or_0_starts_at_its_earliest() -> None:
@@ -188,6 +194,7 @@ async def test_a_partition_with_no_committed_offset_or_0_starts_at_its_earliest(
     # position where it is, which a fetch during a rebalance may have moved past records never
     # handed over. Table changelogs are Faust's to place.
     assert c._thread.seeks == [(P1, 3), (P2, 0), (P3, 7)]
+    assert c._thread.seeks_from_another_thread == []
     assert committed == {P0: 12, P1: None, P2: 0, P3: 0, CHANGELOG: None}
 
 
