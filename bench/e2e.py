@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -61,6 +62,7 @@ class Window:
     cpu_s: float = 0.0
     rss_mb: float = 0.0
     triton_s: dict[str, float] = field(default_factory=dict)  # model → seconds of compute in the window
+    loop_lag_p99_ms: float | None = None  # streamrec only: the worker's event-loop lag, bucket bound
 
     def p(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("inf")
@@ -98,6 +100,25 @@ def namespace(base: Settings, tag: str) -> dict[str, str]:
         "STREAMREC_TRITON_METRICS_PORT": str(base.triton_metrics_port),
         "STREAMREC_LOG_LEVEL": "warning",
     }
+
+
+_LAG_BUCKET = re.compile(r'streamrec_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\S+)')
+
+
+def loop_lag_counts(metrics_text: str) -> dict[float, float]:
+    """The worker's event-loop lag histogram (``stream/looplag.py``): probes per bucket bound (s),
+    cumulative as Prometheus exports them."""
+    return {float(le): float(n) for le, n in _LAG_BUCKET.findall(metrics_text)}
+
+
+def loop_lag_bound_ms(before: dict[float, float], after: dict[float, float], q: float) -> float | None:
+    """The smallest bucket bound (ms) under which a share ``q`` of the probes between two readings
+    woke; None without probes, inf past the last bucket."""
+    delta = {le: n - before.get(le, 0.0) for le, n in after.items()}
+    total = delta.get(float("inf"), 0.0)
+    if total <= 0:
+        return None
+    return next(le * 1000 for le in sorted(delta) if delta[le] >= q * total)
 
 
 def triton_compute_s(settings: Settings) -> dict[str, float]:
@@ -287,11 +308,21 @@ def run_system(
         # A short unrecorded window first: caches, connections and JIT-free Python paths warm up.
         asyncio.run(load_window(settings, users, replay.items, rates[0], 5.0, pid))
         for rate in rates:
+            lag_before = loop_lag_counts(pid_of.metrics()) if pid_of is not None else {}
             window = asyncio.run(load_window(settings, users, replay.items, rate, seconds, pid))
+            if pid_of is not None:
+                window.loop_lag_p99_ms = loop_lag_bound_ms(
+                    lag_before, loop_lag_counts(pid_of.metrics()), 0.99
+                )
             result.windows.append(window)
             print(
                 f"  {name:9} {rate:6.1f} q/s  answered {window.answered}/{window.sent}  "
-                f"p50 {window.p(50):7.1f}  p99 {window.p(99):7.1f} ms  fallback {window.fallbacks}",
+                f"p50 {window.p(50):7.1f}  p99 {window.p(99):7.1f} ms  fallback {window.fallbacks}"
+                + (
+                    f"  loop lag p99 <= {window.loop_lag_p99_ms} ms"
+                    if window.loop_lag_p99_ms is not None
+                    else ""
+                ),
                 file=sys.stderr,
             )
             if not window.sustained or window.p(99) > P99_BOUND_MS:
@@ -495,6 +526,7 @@ def main() -> None:
                     "triton_ms_per_query": {
                         m: round(v * 1000 / max(w.answered, 1), 1) for m, v in w.triton_s.items()
                     },
+                    "loop_lag_p99_ms": w.loop_lag_p99_ms,
                 }
                 for w in res.windows
             ]

@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class Metrics:
     ranker_latency: Histogram
     ranker_batch: Histogram
     ingest_batch: Histogram
+    loop_lag: Histogram
     breaker_state: Gauge
     table_size: Gauge
     consumer_lag: Gauge
@@ -79,6 +81,12 @@ class Metrics:
             ),
             ingest_batch=Histogram(
                 f"{p}ingest_batch_size", "Events per ingestion batch", buckets=BATCH_BUCKETS, registry=r
+            ),
+            loop_lag=Histogram(
+                f"{p}event_loop_lag_seconds",
+                "How late the worker's event loop woke a periodic probe: time other work held the loop",
+                buckets=LOOP_LAG_BUCKETS,
+                registry=r,
             ),
             breaker_state=Gauge(
                 f"{p}breaker_state",

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from faust.exceptions import ConsumerNotStarted
 
+from stream import looplag
 from stream.app import app, settings
 from stream.features import N_FEATURES
 from stream.itemstats import BUCKET_S
@@ -46,6 +47,11 @@ log = logging.getLogger(__name__)
 # publish, which re-primes every routed version). 16 items is ~0.1 s of encoder work.
 PRIME_CHUNK = 16
 PRIME_PAUSE_S = 0.05
+
+
+@app.task
+async def measure_loop_lag() -> None:
+    await looplag.probe(metrics.loop_lag.observe)
 
 
 @app.timer(interval=2.0)

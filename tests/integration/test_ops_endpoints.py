@@ -263,3 +263,9 @@ def test_dashboard_and_alerts_query_only_live_metrics(run: Run) -> None:
     )
     on_dashboard = {re.sub(r"_(bucket|sum|count)$", "", n) for n in used}
     assert {f for f in families if not f.endswith("_created")} <= on_dashboard | used
+
+
+def test_the_event_loop_lag_is_measured(run: Run) -> None:
+    # The probe wakes every 0.25 s for as long as the worker runs: the run lasted seconds.
+    assert metric_value(run.final_metrics, "streamrec_event_loop_lag_seconds_count") >= 4
+    assert metric_value(run.final_metrics, "streamrec_event_loop_lag_seconds_sum") >= 0.0

@@ -41,6 +41,7 @@ WORKER_METRICS: dict[str, set[str]] = {
     "streamrec_ranker_latency_seconds": set(),
     "streamrec_ranker_batch_size": set(),
     "streamrec_ingest_batch_size": set(),
+    "streamrec_event_loop_lag_seconds": set(),
     "streamrec_breaker_state": {"model"},
     "streamrec_table_size": {"table"},
     "streamrec_consumer_lag": {"topic", "partition"},
@@ -60,6 +61,7 @@ HISTOGRAMS = {
     "streamrec_e2e_latency_seconds",
     "streamrec_ranker_latency_seconds",
     "streamrec_ranker_batch_size",
+    "streamrec_event_loop_lag_seconds",
     "streamrec_ingest_batch_size",
 }
 TRITON_METRICS = {
