@@ -17,9 +17,9 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -32,10 +32,12 @@ from typing import Any
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer
+from prometheus_client.utils import floatToGoString
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from stream.metrics import LOOP_LAG_BUCKETS  # noqa: E402
 from stream.records import Query  # noqa: E402
 from stream.settings import Settings, load_settings  # noqa: E402
 from stream.text import item_text  # noqa: E402
@@ -102,13 +104,13 @@ def namespace(base: Settings, tag: str) -> dict[str, str]:
     }
 
 
-_LAG_BUCKET = re.compile(r'streamrec_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\S+)')
-
-
 def loop_lag_counts(metrics_text: str) -> dict[float, float]:
     """The worker's event-loop lag histogram (``stream/looplag.py``): probes per bucket bound (s),
     cumulative as Prometheus exports them."""
-    return {float(le): float(n) for le, n in _LAG_BUCKET.findall(metrics_text)}
+    return {
+        le: metric_value(metrics_text, "streamrec_event_loop_lag_seconds_bucket", {"le": floatToGoString(le)})
+        for le in (*LOOP_LAG_BUCKETS, math.inf)
+    }
 
 
 def loop_lag_bound_ms(before: dict[float, float], after: dict[float, float], q: float) -> float | None:

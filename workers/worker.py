@@ -54,8 +54,8 @@ def run_worker(settings: Settings) -> None:
     asyncio.run(follower.preload())
     tune_gc(settings.gc_gen0_threshold)
 
-    # No "-L uvloop": Faust reads it when faust is imported, long before this, so it never applied;
-    # uvloop for real is left out until the takeover test is understood (docs/performance.md).
+    # No "-L uvloop": Faust reads it when faust is imported, long before this, so it never applied.
+    # uvloop for real showed no speed-up here, so it stays out (docs/performance.md, sixth session).
     sys.argv = [
         "streamrec-worker",
         "worker",
