@@ -33,8 +33,14 @@ class Warmup:
     recoveries: int = 0
     registry_generation: int = 0
 
-    def primed(self, catalog: CatalogIndex) -> bool:
-        return bool(len(catalog)) and all(i in self.primed_items for i in catalog.items)
+    def primed(self, catalog: CatalogIndex, recoveries: int, registry_generation: int) -> bool:
+        """Warm for the ranker as it is now: a recovery or a registry change since the items were
+        primed means a reloaded model with a cold cache, even before the timer has noticed."""
+        return (
+            (self.recoveries, self.registry_generation) == (recoveries, registry_generation)
+            and bool(len(catalog))
+            and all(i in self.primed_items for i in catalog.items)
+        )
 
 
 metrics = Metrics.create(REGISTRY)

@@ -85,7 +85,9 @@ def demo(
     speed: float = typer.Option(
         0.0, "--speed", help="time compression of MovieLens time (0: use --max-rate)"
     ),
-    max_rate: float = typer.Option(500.0, "--max-rate", help="messages per second at most"),
+    max_rate: float = typer.Option(
+        150.0, "--max-rate", help="messages per second at most (a tenth are queries)"
+    ),
     workers: int = typer.Option(1, "--workers", min=1, max=8, help="stream workers sharing the partitions"),
     keep: bool = typer.Option(False, "--keep", help="leave the stack running afterwards"),
     loop: bool = typer.Option(

@@ -13,6 +13,7 @@ import json
 import os
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ class DemoOptions:
     events: int = 3000
     queries: int | None = None  # default: one query per 10 events
     speed: float = 0.0
-    max_rate: float = 500.0
+    max_rate: float = 150.0  # ~14 queries/s among ~136 events/s: 2 cores still rank them all (README)
     workers: int = 1
     keep: bool = False
     loop: bool = True  # simulated clicks, a retrain, a hot swap and an A/B readout (workers/demo_loop.py)
@@ -227,12 +228,16 @@ def run_demo(base: Settings, opts: DemoOptions, console: Console) -> Path:
             asyncio.run(publish_items(settings, replay.items))
             for worker in workers:
                 worker.wait_ready(timeout_s=300, catalog_items=len(replay.items))
+        with console.status("warming the ranker's item cache (every catalog item through Triton once)"):
+            # Queries replayed before it is warm pay ~50 item embeddings each: fallbacks, not the ranker.
+            for worker in workers:
+                worker.wait_ready(timeout_s=300, catalog_items=len(replay.items), primed=True)
         if opts.loop:
             from workers.demo_loop import Loop
 
             loop = Loop.create(settings, sum(1 for m in replay.stream if not isinstance(m, Query)), opts.seed)
             loop.start()
-        watcher, sent, started = _replay_phases(settings, replay, opts, console, loop)
+        watcher, sent, started = _replay_phases(settings, replay, opts, console, loop, workers)
         run = DemoRun(
             started_at=started,
             finished_at=time.time(),
@@ -274,7 +279,12 @@ def run_demo(base: Settings, opts: DemoOptions, console: Console) -> Path:
 
 
 def _replay_phases(
-    settings: Settings, replay: ReplayPlan, opts: DemoOptions, console: Console, loop: Any
+    settings: Settings,
+    replay: ReplayPlan,
+    opts: DemoOptions,
+    console: Console,
+    loop: Any,
+    workers: Sequence[WorkerProcess],
 ) -> tuple[Watcher, list[tuple[float, str]], float]:
     """The replay; with the learning loop, in two halves around a retrain and a hot swap."""
     if loop is None:
@@ -290,6 +300,13 @@ def _replay_phases(
     console.print(
         f"retrain: {retrain.get('decision')} ({retrain.get('reason', '')}); version {retrain.get('version') or '-'}"
     )
+    if loop.published:
+        with console.status(
+            f"waiting for the workers to route to version {loop.published} and warm its cache"
+        ):
+            # A publish reloads every served version (caches cold): phase 2 would compare fallbacks.
+            for worker in workers:
+                worker.wait_ready(timeout_s=300, primed=True, versions=[loop.published])
     second = ReplayPlan(replay.items, replay.stream[half:])
     watcher, sent2, _ = asyncio.run(_replay_live(settings, second, opts, console))
     # The second watcher reads the topic from the start: phase 1's answers keep the arrival times

@@ -91,6 +91,31 @@ def _histogram(texts: list[str], name: str) -> dict[str, Any]:
     return {"buckets": buckets, "count": round(count), "sum": total, "mean": total / count if count else None}
 
 
+def _fallback_causes(texts: list[str]) -> dict[str, int]:
+    """Fallback answers per cause (``streamrec_fallbacks_total``), summed over workers."""
+    causes: Counter[str] = Counter()
+    for text in texts:
+        for line in text.splitlines():
+            match = re.match(r'streamrec_fallbacks_total\{cause="([^"]*)"\} (\S+)$', line)
+            if match:
+                causes[match.group(1)] += round(float(match.group(2)))
+    return {cause: n for cause, n in sorted(causes.items()) if n}
+
+
+def bucket_bound(histogram: dict[str, Any], q: float) -> float | None:
+    """The smallest bucket bound under which a share ``q`` of a ``_histogram``'s observations fell
+    (inf past the last bucket); None without observations."""
+    total = sum(histogram["buckets"].values())
+    if total <= 0:
+        return None
+    seen = 0
+    for le, n in histogram["buckets"].items():
+        seen += n
+        if seen >= q * total:
+            return math.inf if le == "+Inf" else float(le)
+    return math.inf
+
+
 def _series(run: DemoRun) -> dict[str, list[Any]]:
     """Per-second arrays, second 0 starting at ``run.started_at``."""
     sent_at = [(t, kind) for t, kind in run.sent if math.isfinite(t)]
@@ -201,6 +226,9 @@ def summarize(run: DemoRun) -> dict[str, Any]:
             "top_items": [{"item_id": i, "title": _title(run, i), "count": c} for i, c in top],
             "batch_sizes": _histogram(run.worker_metrics, "streamrec_ranker_batch_size"),
             "ingest_batch_sizes": _histogram(run.worker_metrics, "streamrec_ingest_batch_size"),
+            "fallback_causes": _fallback_causes(run.worker_metrics),
+            # How late the workers' event loops woke (stream/looplag.py): a long step shows here.
+            "loop_lag_s": _histogram(run.worker_metrics, "streamrec_event_loop_lag_seconds"),
             "offline_metrics": run.offline_metrics,
             "loop": run.loop,
             "users": _users(run),
@@ -382,14 +410,17 @@ def _user_html(user: dict[str, Any]) -> str:
 
 
 def _page(s: dict[str, Any], images: list[tuple[str, str]]) -> str:
+    lag = bucket_bound(s["loop_lag_s"], 0.99)
     cards = [
         ("events sent", _num(s["events"], "{:,}")),
         ("queries sent", _num(s["queries"], "{:,}")),
         ("recommendations", _num(s["recommendations"], "{:,}")),
         ("fallbacks", f"{_num(s['fallbacks'], '{:,}')} ({_num(s['fallback_share'], '{:.1%}')})"),
+        ("fallback causes", ", ".join(f"{_e(c)} {n:,}" for c, n in s["fallback_causes"].items()) or "none"),
         ("p50 latency (ms)", _num(s["p50_ms"])),
         ("p99 latency (ms)", _num(s["p99_ms"])),
         ("events/s", _num(s["events_per_s"])),
+        ("event-loop lag p99 ≤ (ms)", _num(None if lag is None else lag * 1000.0)),
         ("dead letters", _num(s["dead_letters"], "{:,}")),
     ]
     top = [

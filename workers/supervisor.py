@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,10 +98,16 @@ class WorkerProcess:
             return None
 
     def wait_ready(
-        self, timeout_s: float = 90.0, catalog_items: int = 0, vectors: bool = False, primed: bool = False
+        self,
+        timeout_s: float = 90.0,
+        catalog_items: int = 0,
+        vectors: bool = False,
+        primed: bool = False,
+        versions: Collection[str] = (),
     ) -> float:
         """Seconds until /ready says ready, the catalog holds ``catalog_items`` (with all their
-        embeddings if ``vectors``) and, if ``primed``, the ranker's item cache is warm."""
+        embeddings if ``vectors``), the A/B arms route to every ranker version in ``versions`` and,
+        if ``primed``, the ranker's item cache is warm for the versions routed to."""
         start = time.monotonic()
         while time.monotonic() - start < timeout_s:
             if self.proc is not None and self.proc.poll() is not None:
@@ -112,6 +119,7 @@ class WorkerProcess:
                 and state.get("catalog_items", 0) >= catalog_items
                 and (not vectors or state.get("catalog_vectors", 0) >= catalog_items)
                 and (not primed or state.get("ranker_primed"))
+                and set(versions) <= set(state.get("ranker_versions", ()))
             ):
                 return time.monotonic() - start
             time.sleep(0.5)

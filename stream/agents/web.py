@@ -7,7 +7,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from stream.app import app
-from stream.runtime import catalog, follower, metrics, warmup
+from stream.runtime import catalog, follower, metrics, ranker_client, recommender, registry, warmup
 
 
 @app.page("/metrics")
@@ -33,7 +33,8 @@ def readiness() -> dict[str, Any]:
         "assigned_partitions": assigned,
         "catalog_items": len(catalog),
         "catalog_vectors": len(catalog.items) - len(catalog.missing_vectors()),
-        "ranker_primed": warmup.primed(catalog),
+        "ranker_primed": warmup.primed(catalog, ranker_client.recoveries, registry.generation),
+        "ranker_versions": recommender.routed_versions(),
     }
 
 

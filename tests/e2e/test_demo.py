@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from stream.recommend import FALLBACK_MODEL
 from stream.settings import ROOT, load_settings
 from workers.stack import control
 
@@ -29,8 +30,6 @@ def demo_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 "demo",
                 "--events",
                 str(EVENTS),
-                "--max-rate",
-                "600",
                 "--keep",
                 "--out-root",
                 str(out_root),
@@ -57,7 +56,10 @@ def test_report_counts_match_what_was_replayed(demo_report: Path) -> None:
     assert report["queries"] == EVENTS // 10
     assert report["recommendations"] == report["queries"], "every query answered"
     assert report["duplicates"] == 0
-    assert 0 <= report["fallbacks"] <= report["recommendations"]
+    # At the default rate, with the ranker's item cache warmed first, the ranker answers most
+    # queries. (At 500 messages/s and without that wait, 82-100% of the answers were fallbacks; at
+    # 150 and warm, 0-20% in four runs on 2 cores, the most when phase 2 served two versions.)
+    assert report["fallback_share"] <= 0.5, report["models"]
     assert 0 < report["p50_ms"] <= report["p99_ms"] <= report["max_ms"]
     assert report["dead_letters"] == 0
     assert len(report["top_items"]) == 10
@@ -86,6 +88,9 @@ def test_the_learning_loop_ran_and_its_ab_readout_is_in_the_report(demo_report: 
     if retrain["decision"] == "promoted":
         assert loop["published_version"] == retrain["version"]
         assert int(retrain["version"]) >= 2 and retrain["publish"]["canary"]["ok"]
+        # The demo waits for the workers to route to the new version with its cache warm, so
+        # phase 2 compares two rankers, not two fallbacks.
+        assert f"ranker/{retrain['version']}" in loop["arms"]["phase2:treatment"]["models"]
         # The demo retires its version and takes it out of the served repository afterwards.
         assert not (ROOT / "model_repo" / "ranker" / retrain["version"]).exists()
     arms = loop["arms"]
@@ -95,6 +100,8 @@ def test_the_learning_loop_ran_and_its_ab_readout_is_in_the_report(demo_report: 
         assert arm["ctr"]["low"] <= arm["ctr"]["value"] <= arm["ctr"]["high"]
         assert arm["mrr"]["low"] <= arm["mrr"]["value"] <= arm["mrr"]["high"]
     assert sum(a["impressions"] for a in arms.values()) == report["recommendations"]
-    assert all(v.endswith("/1") for v in arms["phase2:control"]["models"])  # control stays pinned
+    fallback = f"{FALLBACK_MODEL.name}/{FALLBACK_MODEL.version}"
+    control_rankers = {m for m in arms["phase2:control"]["models"] if m != fallback}
+    assert control_rankers == {"ranker/1"}  # control stays pinned (and is answered by the ranker)
     html = (demo_report / "index.html").read_text()
     assert "Learning loop (simulated clicks)" in html and "CTR@10" in html

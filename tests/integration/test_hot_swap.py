@@ -75,7 +75,21 @@ def _serving_worker(env: dict[str, str], settings: Settings, log: Path) -> Worke
     items = list(load_items().values())[:ITEMS]
     asyncio.run(publish_items(settings, items))
     worker.wait_ready(timeout_s=240, catalog_items=len(items), primed=True)
+    # Before any promotion "latest" is whatever Triton's config serves (""), control is pinned.
+    assert (worker.ready() or {}).get("ranker_versions") == ["", "1"]
     return worker
+
+
+def _promote_v2(settings: Settings, worker: WorkerProcess, tmp_path: Path) -> float:
+    """Publish a changed head as version 2; when it was promoted."""
+    head = _perturbed(tmp_path / "v2.json", w2=[-w for w in head_mod.load(SOURCE / "1" / "head.json")["w2"]])
+    promoted = pub.publish(settings, head, base_version="1")
+    assert promoted.status == "promoted", promoted.reason
+    promoted_at = time.time()
+    # /ready names the versions the arms route to, and is primed again only once the reloaded
+    # versions' caches are warm (what the demo waits for before its phase 2).
+    worker.wait_ready(timeout_s=120, primed=True, versions=["1", "2"])
+    return promoted_at
 
 
 def _recs(settings: Settings) -> list[dict[str, Any]]:
@@ -101,7 +115,7 @@ def test_a_promoted_version_takes_its_arm_without_a_restart_and_a_refused_one_ne
     asyncio.run(ensure_topics(settings))
     triton.start(settings)
     try:
-        worker_factory.append(_serving_worker(env, settings, tmp_path / "worker.log"))
+        worker_factory.append(worker := _serving_worker(env, settings, tmp_path / "worker.log"))
 
         experiment = Experiment(salt=settings.experiment_salt, variants=settings.variants)
         arm = {u: experiment.assign(u).name for u in (f"user-{n}" for n in range(40))}
@@ -110,12 +124,7 @@ def test_a_promoted_version_takes_its_arm_without_a_restart_and_a_refused_one_ne
         queries.thread.start()
         try:
             wait_for(lambda: len(_recs(settings)) >= 8, timeout_s=60, what="answers before the swap")
-            head = _perturbed(
-                tmp_path / "v2.json", w2=[-w for w in head_mod.load(SOURCE / "1" / "head.json")["w2"]]
-            )
-            promoted = pub.publish(settings, head, base_version="1")
-            assert promoted.status == "promoted", promoted.reason
-            promoted_at = time.time()
+            promoted_at = _promote_v2(settings, worker, tmp_path)
 
             def first_v2() -> float | None:
                 found = [r["produced_at"] for r in _recs(settings) if r["model"]["version"] == "2"]

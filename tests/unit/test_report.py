@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from stream.metrics import BATCH_BUCKETS, Metrics
-from workers.report import PLOTS, DemoRun, summarize, write_report
+from workers.report import PLOTS, DemoRun, bucket_bound, summarize, write_report
 
 T0 = 1_700_000_000.0
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -26,6 +27,11 @@ def _worker_a() -> str:
         metrics.ranker_batch.observe(size)
     for size in (5, 100):
         metrics.ingest_batch.observe(size)
+    metrics.fallbacks.labels(cause="deadline").inc(3)
+    metrics.fallbacks.labels(cause="breaker_open").inc()
+    metrics.fallbacks.labels(cause="triton_error")  # a label set seen with no fallback yet
+    for lag in [0.0005] * 97 + [0.03, 0.3, 3.0]:
+        metrics.loop_lag.observe(lag)
     return generate_latest(metrics.registry).decode()
 
 
@@ -36,6 +42,7 @@ def _worker_b() -> str:
     for le in BATCH_BUCKETS:
         lines.append(f'{name}_bucket{{le="{float(le)}"}} {float((le >= 64) + (le >= 1000))}')
     lines += [f'{name}_bucket{{le="+Inf"}} 2.0', f"{name}_count 2.0", f"{name}_sum 1064.0"]
+    lines += ["# TYPE streamrec_fallbacks_total counter", 'streamrec_fallbacks_total{cause="deadline"} 2.0']
     return "\n".join(lines) + "\n"
 
 
@@ -150,6 +157,20 @@ def test_batch_histograms_are_summed_over_workers_per_bucket() -> None:
     ingest = s["ingest_batch_sizes"]
     assert {k: v for k, v in ingest["buckets"].items() if v} == {"8": 1, "128": 1}
     assert (ingest["count"], ingest["mean"]) == (2, pytest.approx(52.5))
+
+
+def test_fallback_causes_are_summed_over_workers_and_zero_causes_left_out() -> None:
+    assert summarize(make_run())["fallback_causes"] == {"breaker_open": 1, "deadline": 5}
+
+
+def test_the_event_loop_lag_p99_is_the_bucket_bound_under_which_99_percent_woke() -> None:
+    lag = summarize(make_run())["loop_lag_s"]  # worker A only: 97 probes under 1 ms, then 30 ms, 0.3 s, 3 s
+    assert lag["count"] == 100 and lag["buckets"]["0.001"] == 97
+    assert bucket_bound(lag, 0.97) == 0.001
+    assert bucket_bound(lag, 0.98) == 0.05
+    assert bucket_bound(lag, 0.99) == 0.5
+    assert bucket_bound(lag, 1.0) == math.inf
+    assert bucket_bound({"buckets": {"0.001": 0, "+Inf": 0}}, 0.99) is None
 
 
 def test_per_second_series() -> None:
