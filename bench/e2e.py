@@ -2,8 +2,8 @@
 
 For each system (a streamrec worker; bench/naive_baseline.py) in its own namespace on the same
 broker and Triton, with the same MovieLens state: an open-loop load generator sends queries at
-fixed rates (with background events), and a consumer measures each recommendation's latency from
-the query's ts to its arrival on ``recommendations``. Also: ingestion-only events/s of a worker,
+fixed rates, each with ``--events-per-query`` background events (views), and a consumer measures
+each recommendation's latency from the query's ts to its arrival on ``recommendations``. Also: ingestion-only events/s of a worker,
 and the client + Triton overhead over raw model compute at batch 1 (Triton's own metrics).
 
     .venv/bin/python bench/e2e.py [--quick]
@@ -26,6 +26,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,11 +39,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from stream.metrics import LOOP_LAG_BUCKETS  # noqa: E402
-from stream.records import Query  # noqa: E402
+from stream.records import Event, Query  # noqa: E402
 from stream.settings import Settings, load_settings  # noqa: E402
 from stream.text import item_text  # noqa: E402
 from workers.kafka_clients import client_kwargs, producer  # noqa: E402
-from workers.replay import plan, publish_items, publish_stream, query_text  # noqa: E402
+from workers.replay import ReplayPlan, plan, publish_items, publish_stream, query_text  # noqa: E402
 from workers.stack import control  # noqa: E402
 from workers.supervisor import WorkerProcess, free_port, metric_value, settings_for, supervised_env  # noqa: E402
 
@@ -51,6 +52,9 @@ P99_BOUND_MS = 250.0  # the p99 bound of throughput_ratio (max_qps_p99_100ms is 
 # Each system climbs until a window is not sustained or its p99 passes the bound, so the
 # ladder must reach past both systems' limits for the throughput ratio to mean anything.
 QUICK_RATES = [5.0, 10.0, 20.0, 40.0, 50.0, 60.0, 70.0, 80.0, 100.0, 120.0, 160.0]
+# Background behaviour events sent with each query: the demo's mix (a tenth of its messages are
+# queries). Both systems ingest them while they answer, as a deployed recommender does.
+EVENTS_PER_QUERY = 10
 FULL_RATES = [5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 100.0, 120.0, 160.0, 200.0]
 
 
@@ -149,10 +153,35 @@ def proc_usage(pid: int) -> tuple[float, float]:
     return cpu, rss
 
 
+def background_events(pool: Sequence[Event], start: int, count: int, tag: str, ts: float) -> list[Event]:
+    """``count`` views from the MovieLens ``pool`` (in its order, wrapping), new ids, stamped ``ts``:
+    the behaviour stream a recommender ingests while it answers."""
+    if not pool:
+        return []
+    return [
+        Event(
+            event_id=f"e{tag}-{start + j}",
+            user_id=(source := pool[(start + j) % len(pool)]).user_id,
+            item_id=source.item_id,
+            type="view",
+            ts=ts,
+        )
+        for j in range(count)
+    ]
+
+
 async def load_window(
-    settings: Settings, users: list[str], titles: list[Any], rate: float, seconds: float, pid: int
+    settings: Settings,
+    users: list[str],
+    titles: list[Any],
+    rate: float,
+    seconds: float,
+    pid: int,
+    events: Sequence[Event] = (),
+    events_per_query: int = 0,
 ) -> Window:
-    """Open loop: queries at ``rate``/s for ``seconds`` regardless of answers; then drain."""
+    """Open loop: queries at ``rate``/s for ``seconds`` regardless of answers, each sent with
+    ``events_per_query`` events from ``events``; then drain."""
     consumer = AIOKafkaConsumer(
         settings.topic("recommendations"),
         **client_kwargs(settings),
@@ -201,6 +230,8 @@ async def load_window(
         query = Query(request_id=f"b{tag}-{n}", user_id=user, text=text, ts=ts, k=10)
         sent_ts[query.request_id] = ts
         await prod.send(settings.topic("queries"), key=user.encode(), value=query.to_json())
+        for event in background_events(events, n * events_per_query, events_per_query, tag, ts):
+            await prod.send(settings.topic("events"), key=event.user_id.encode(), value=event.to_json())
         n += 1
     await prod.flush()
     await receiver
@@ -261,11 +292,15 @@ def same_ranker_state(base: Settings, items: list[Any], chunk: int = 16) -> None
 
 
 def run_system(
-    name: str, base: Settings, rates: list[float], seconds: float, warm_events: int
+    name: str, base: Settings, rates: list[float], seconds: float, warm_events: int, events_per_query: int = 0
 ) -> tuple[SystemResult, float | None]:
     env = namespace(base, name[:4])
     settings = settings_for(env)
-    replay = plan(warm_events, 0, seed=1)
+    # The ratings after the warm-up are the background events, the same for both systems.
+    background = max(round(sum(rates) * seconds * events_per_query), 1) if events_per_query else 0
+    replay = plan(warm_events + background, 0, seed=1)
+    pool = [m for m in replay.stream[warm_events:] if isinstance(m, Event)]
+    replay = ReplayPlan(replay.items, replay.stream[:warm_events])
     result = SystemResult(name)
     same_ranker_state(base, replay.items)
     log = base.run_dir / f"bench-{name}.log"
@@ -311,7 +346,9 @@ def run_system(
         asyncio.run(load_window(settings, users, replay.items, rates[0], 5.0, pid))
         for rate in rates:
             lag_before = loop_lag_counts(pid_of.metrics()) if pid_of is not None else {}
-            window = asyncio.run(load_window(settings, users, replay.items, rate, seconds, pid))
+            window = asyncio.run(
+                load_window(settings, users, replay.items, rate, seconds, pid, pool, events_per_query)
+            )
             if pid_of is not None:
                 window.loop_lag_p99_ms = loop_lag_bound_ms(
                     lag_before, loop_lag_counts(pid_of.metrics()), 0.99
@@ -465,6 +502,12 @@ def main() -> None:
         "--ingest-only", action="store_true", help="only the ingestion measurement (events/s per worker)"
     )
     parser.add_argument("--events", type=int, default=20000, help="events for the ingestion measurement")
+    parser.add_argument(
+        "--events-per-query",
+        type=int,
+        default=EVENTS_PER_QUERY,
+        help="background events sent with each query (0: queries alone, as before the eighth session)",
+    )
     args = parser.parse_args()
     base = load_settings()
     control.up(base)
@@ -484,14 +527,15 @@ def main() -> None:
     seconds = 10.0 if args.quick else 30.0
     warm = 2000 if args.quick else 5000
     print(
-        f"streamrec e2e benchmark ({'quick' if args.quick else 'full'}); rates {rates} q/s, {seconds:.0f}s each",
+        f"streamrec e2e benchmark ({'quick' if args.quick else 'full'}); rates {rates} q/s, {seconds:.0f}s each, "
+        f"{args.events_per_query} events per query",
         file=sys.stderr,
     )
     overhead = overhead_bs1(base)
     ingest = ingest_only(base, args.events)
     systems = {}
     for name in ("streamrec", "baseline"):
-        systems[name], _ = run_system(name, base, rates, seconds, warm)
+        systems[name], _ = run_system(name, base, rates, seconds, warm, args.events_per_query)
     ours, naive = systems["streamrec"], systems["baseline"]
     fixed = max((r for r in rates if (w := naive.at(r)) and w.sustained), default=rates[0])
     ours_fixed, naive_fixed = ours.at(fixed), naive.at(fixed)
@@ -535,6 +579,7 @@ def main() -> None:
             for name, res in systems.items()
         },
         "quick": args.quick,
+        "events_per_query": args.events_per_query,
     }
     print(
         "\n| system | q/s | answered | p50 ms | p95 ms | p99 ms | max ms | fallback | CPU s | RSS MB "
