@@ -23,14 +23,17 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stream.itemstats import ItemStats, activity_rows, apply_rows, decode_message
+from stream.itemstats import ItemStats, activity_rows, apply_rows, decode_message, pack_by_partition
 from stream.profile import Profile, update_profile
 from stream.records import Event, parse
+from stream.settings import load_settings
 from workers.replay import plan
+from workers.worker import tune_gc
 
 EVENTS_BATCH = 1000  # settings.ingest_batch_max
 ITEMS_BATCH = 2000  # apply_item_activity's take_events
 WINDOW_S = 6 * 3600.0
+PARTITIONS = 4  # settings.topic_partitions
 
 
 def main() -> None:
@@ -48,6 +51,7 @@ def main() -> None:
         timings[name] = time.perf_counter() - started
         return out
 
+    tune_gc(load_settings().gc_gen0_threshold)  # the worker's collector settings
     records: list[Event] = timed("parse", lambda: [parse(Event, v, k, key_field="user_id") for k, v in raw])
     profiles: dict[str, dict[str, Any]] = {}
     messages: list[tuple[bytes, bytes]] = []
@@ -66,7 +70,7 @@ def main() -> None:
                     rows[item_id].append(row)
             for user_id, profile in touched.items():
                 profiles[user_id] = profile.to_dict()
-            messages.extend((item_id.encode(), orjson.dumps(r)) for item_id, r in rows.items())
+            messages.extend((b"", orjson.dumps(m)) for m in pack_by_partition(rows, PARTITIONS).values())
 
     stats: dict[str, dict[str, Any]] = {}
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from stream.profile import Profile, recent_distinct
+from stream.topics import key_partition
 
 NEAR_WINDOW = 5  # a co-visit: the two items are at most this many steps apart in the user's history
 HISTORY_FOR_COOC = 20  # how far back in the user's history an event pairs with earlier items
@@ -23,8 +24,10 @@ MAX_SEEN = 32
 BUCKET_S = 3600.0
 
 # One activity on the item-activity topic: [activity_id, ts, count, [[other item, distance], ...]].
-# The item is the message key. Positional rather than an object per activity: about 20 of them per
-# event make this the largest stream the worker writes and reads (2.4x fewer bytes than objects).
+# Positional rather than an object per activity: about 20 of them per event make this the largest
+# stream the worker writes and reads (2.4x fewer bytes than objects). A message packs the rows of
+# every item of one partition, {item: [row, ...]} (``pack_by_partition``); earlier forms were keyed
+# by the item: a list of rows, or before that a list of objects.
 Row = tuple[str, float, bool, Sequence[Sequence[Any]]]
 
 
@@ -122,14 +125,31 @@ def activity_rows(
     return out
 
 
-def decode_message(key: bytes | None, data: Any) -> dict[str, list[Row]]:
-    """The rows of one decoded item-activity message, by item (its key), checked for shape.
+def pack_by_partition(
+    rows_by_item: dict[str, list[list[Any]]], partitions: int
+) -> dict[int, dict[str, list[list[Any]]]]:
+    """One item-activity message per partition, {item: rows}, each item in the partition its key
+    hashes to: the partition that holds its statistics. Keyed by item, a batch of small live
+    batches sent ~20 messages per event (one per item paired), each to be consumed and committed."""
+    out: dict[int, dict[str, list[list[Any]]]] = {}
+    for item_id, rows in rows_by_item.items():
+        out.setdefault(key_partition(item_id.encode(), partitions), {})[item_id] = rows
+    return out
 
-    Also reads the earlier form (a list of ``Activity.to_dict`` objects, each naming its item), so
-    messages written before an upgrade still apply. Raises ``MalformedActivity``.
+
+def decode_message(key: bytes | None, data: Any) -> dict[str, list[Row]]:
+    """The rows of one decoded item-activity message, by item, checked for shape.
+
+    Reads the packed form ({item: [row, ...]}), and the earlier forms keyed by the item (a list of
+    rows; a list of ``Activity.to_dict`` objects, each naming its item), so messages written before
+    an upgrade still apply. Raises ``MalformedActivity``.
     """
+    if isinstance(data, dict):
+        if not all(type(item_id) is str and item_id for item_id in data):
+            raise MalformedActivity("item-activity message names an empty item")
+        return {item_id: _rows(rows, item_id) for item_id, rows in data.items()}
     if not isinstance(data, list):
-        raise MalformedActivity("item-activity message is not a list")
+        raise MalformedActivity("item-activity message is not a list or an object of items")
     out: dict[str, list[Row]] = {}
     try:
         for raw in data:
@@ -137,19 +157,32 @@ def decode_message(key: bytes | None, data: Any) -> dict[str, list[Row]]:
                 a = Activity.from_dict(raw)
                 out.setdefault(a.item_id, []).append((a.activity_id, a.ts, a.count, a.co_items))
                 continue
-            activity_id, ts, count, co_items = raw
+            if key is None:
+                raise MalformedActivity("item-activity message has no key (the item)")
+            out.setdefault(key.decode("utf-8", errors="replace"), []).extend(_rows([raw], ""))
+    except MalformedActivity:
+        raise
+    except (KeyError, ValueError, TypeError) as exc:
+        raise MalformedActivity(f"item-activity message is malformed: {exc}") from None
+    return out
+
+
+def _rows(data: Any, item_id: str) -> list[Row]:
+    """Wire rows checked for shape (``item_id`` names the item in the errors of the packed form)."""
+    where = f" for item {item_id!r}" if item_id else ""
+    if not isinstance(data, list):
+        raise MalformedActivity(f"item-activity rows{where} are not a list")
+    out: list[Row] = []
+    try:
+        for activity_id, ts, count, co_items in data:
             for other, distance in co_items:
                 if type(other) is not str or type(distance) is not int:
                     raise MalformedActivity(
-                        f"item-activity pair {[other, distance]!r} is not [item, distance]"
+                        f"item-activity pair {[other, distance]!r}{where} is not [item, distance]"
                     )
             if type(activity_id) is not str or type(count) is not bool:
-                raise MalformedActivity("item-activity row is not [activity_id, ts, count, pairs]")
-            if key is None:
-                raise MalformedActivity("item-activity message has no key (the item)")
-            out.setdefault(key.decode("utf-8", errors="replace"), []).append(
-                (activity_id, float(ts), count, co_items)
-            )
+                raise MalformedActivity(f"item-activity row{where} is not [activity_id, ts, count, pairs]")
+            out.append((activity_id, float(ts), count, co_items))
     except MalformedActivity:
         raise
     except (KeyError, ValueError, TypeError) as exc:

@@ -52,6 +52,14 @@ TABLES: tuple[str, ...] = (
 )
 
 
+def key_partition(key: bytes, partitions: int) -> int:
+    """The partition the producers' default partitioner (aiokafka's, Kafka's murmur2) gives ``key``."""
+    # Imported here: the model environment imports stream.itemstats (and so this module) without aiokafka.
+    from aiokafka.partitioner import murmur2
+
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
 def changelog_topic(settings: Settings, table: str) -> str:
     return f"{settings.app_id}-{table}-changelog"
 

@@ -11,7 +11,7 @@ from stream.agents.feedback import apply_outcomes
 from stream.agents.topics import events_topic, item_activity_topic, queries_topic, valid
 from stream.app import app, settings
 from stream.context import event_context
-from stream.itemstats import activity_rows
+from stream.itemstats import activity_rows, pack_by_partition
 from stream.profile import Profile, update_profile
 from stream.records import Event, Query
 from stream.runtime import catalog, metrics
@@ -63,8 +63,8 @@ async def ingest_events(stream: Any) -> None:
             with event_context(event):
                 profiles[user_id] = profile.to_dict()
         apply_outcomes(outcomes)
-        for item_id, rows in activities.items():
-            item_activity_topic.send_soon(key=item_id.encode(), value=orjson.dumps(rows))
+        for partition, packed in pack_by_partition(activities, item_activity_topic.partitions).items():
+            item_activity_topic.send_soon(value=orjson.dumps(packed), partition=partition)
 
 
 def forget_user(user_id: str) -> None:

@@ -22,6 +22,7 @@ from stream.records import Event, TrainingExample
 from stream.runtime import metrics
 from stream.tables import feedback
 from stream.tables import open_impressions as payloads
+from stream.topics import key_partition
 
 log = logging.getLogger(__name__)
 WINDOW = join.Window(settings.feedback_window_s, settings.feedback_grace_s, settings.feedback_max_open)
@@ -149,13 +150,10 @@ def sweep(watermark: float, assigned: set[int]) -> int:
 
 def _rescan() -> None:
     """Index every open window in the local table: after a restart, the index starts empty."""
-    from aiokafka.partitioner import murmur2
-
     partitions = settings.topic_partitions
     for user_id, state in list(feedback.items()):
         if state and state.get("open"):
-            partition = (murmur2(user_id.encode()) & 0x7FFFFFFF) % partitions
-            clock.index(partition, user_id, state)
+            clock.index(key_partition(user_id.encode(), partitions), user_id, state)
 
 
 def _emit(closed: Iterable[join.State]) -> None:

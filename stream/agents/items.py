@@ -17,6 +17,7 @@ from stream.records import InvalidMessage, Item, parse
 from stream.runtime import ranker_client
 from stream.tables import item_stats, item_vectors, items
 from stream.text import item_text
+from stream.topics import key_partition
 from workers.ranker_client import RankerUnavailable
 
 log = logging.getLogger(__name__)
@@ -92,10 +93,23 @@ async def apply_item_activity(stream: Any) -> None:
 
 def _activities(event: Any) -> dict[str, list[Row]]:
     try:
-        return decode_message(event.message.key, orjson.loads(event.message.value or b"[]"))
+        data = orjson.loads(event.message.value or b"[]")
+        rows = decode_message(event.message.key, data)
     except orjson.JSONDecodeError:
         dead_letter(event, "item-activity message is not valid JSON")
+        return {}
     except MalformedActivity as exc:
         # Before, a malformed message raised out of the agent and stopped it: now it is set aside.
         dead_letter(event, str(exc))
-    return {}
+        return {}
+    if isinstance(data, dict):
+        # A packed message names its items: one in another partition would get a second writer.
+        partitions = item_activity_topic.partitions
+        stray = [i for i in rows if key_partition(i.encode(), partitions) != event.message.partition]
+        if stray:
+            dead_letter(
+                event,
+                f"item-activity message on partition {event.message.partition} packs {stray[0]!r} of another",
+            )
+            return {}
+    return rows

@@ -40,6 +40,7 @@ from stream.records import (
 )
 from stream.tables import feedback, item_stats, item_vectors, open_impressions, profiles
 from stream.tables import items as items_table
+from stream.topics import key_partition
 from workers.ranker_client import RankerUnavailable, RankRequest, RankResult
 
 TS = time.time() - 5.0  # event time: "now", inside the accepted timestamp range
@@ -70,6 +71,7 @@ class Outputs:
     """What agents sent, per output topic, as (key, value) pairs."""
 
     sent: dict[str, list[tuple[bytes | None, bytes]]] = field(default_factory=dict)
+    partitions: dict[str, list[int | None]] = field(default_factory=dict)  # the explicit ones, in order
 
     def __getitem__(self, name: str) -> list[tuple[bytes | None, bytes]]:
         return self.sent.setdefault(name, [])
@@ -97,8 +99,11 @@ def outputs() -> Iterator[Outputs]:
     out = Outputs()
 
     def recorder(name: str) -> Callable[..., None]:
-        def send_soon(*, key: bytes | None = None, value: bytes, **_: Any) -> None:
+        def send_soon(
+            *, key: bytes | None = None, value: bytes, partition: int | None = None, **_: Any
+        ) -> None:
             out[name].append((key, value))
+            out.partitions.setdefault(name, []).append(partition)
 
         return send_soon
 
@@ -123,10 +128,11 @@ def stored_profile(user_id: str) -> Profile | None:
 
 def activities_sent(outputs: Outputs) -> dict[str, list[dict[str, Any]]]:
     by_item: dict[str, list[dict[str, Any]]] = {}
-    for key, value in outputs["item-activity"]:
-        assert key is not None
+    partitions = outputs.partitions.get("item-activity", [])
+    for (key, value), partition in zip(outputs["item-activity"], partitions, strict=True):
         for item_id, rows in decode_message(key, orjson.loads(value)).items():
-            assert item_id == key.decode()  # keyed by the item: one writer per item
+            # Each item's rows go to the partition its key hashes to: one writer per item.
+            assert partition == key_partition(item_id.encode(), topics.item_activity_topic.partitions)
             by_item.setdefault(item_id, []).extend(
                 {"activity_id": a, "ts": ts, "count": c, "co_items": [list(p) for p in co]}
                 for a, ts, c, co in rows
@@ -247,7 +253,12 @@ async def test_redelivery_after_a_restart_is_skipped_exactly(outputs: Outputs) -
     assert after.events_offset == 3
     assert after.recent_items[:3] == applied.recent_items
     # Downstream, only the new event produced activities: no item is counted twice.
-    new_ids = {row[0] for _, v in outputs["item-activity"][sent_before:] for row in orjson.loads(v)}
+    new_ids = {
+        row[0]
+        for k, v in outputs["item-activity"][sent_before:]
+        for rows in decode_message(k, orjson.loads(v)).values()
+        for row in rows
+    }
     assert new_ids == {f"e3-{user}"}
 
 
@@ -566,6 +577,31 @@ async def test_item_activity_folds_into_item_stats_idempotently(outputs: Outputs
     assert stats.buckets == {int(TS // BUCKET_S): 2}
     [letter] = outputs.dead_letters()
     assert letter.reason == "item-activity message is not valid JSON"
+
+
+async def test_packed_item_activity_folds_each_item_and_a_stray_item_is_dead_lettered(
+    outputs: Outputs,
+) -> None:
+    n = topics.item_activity_topic.partitions
+    x, y = fresh("x"), fresh("y")
+    while key_partition(y.encode(), n) != key_partition(x.encode(), n):
+        y = fresh("y")
+    stray = fresh("z")
+    while key_partition(stray.encode(), n) == key_partition(x.encode(), n):
+        stray = fresh("z")
+    partition = key_partition(x.encode(), n)
+    packed = {x: [["p1", TS, True, [[y, 1]]]], y: [["p1", TS, False, [[x, 1]]]]}
+    async with items.apply_item_activity.test_context() as agent:
+        await agent.put(value=orjson.dumps(packed), partition=partition)
+        await agent.put(value=orjson.dumps(packed), partition=partition)  # sent twice: caught by its id
+        await agent.put(value=orjson.dumps({stray: [["p2", TS, True, []]]}), partition=partition)
+        [letter] = await wait_for(outputs.dead_letters)
+        got_x = await wait_for(lambda: (raw := item_stats.get(x)) and ItemStats.from_dict(raw))
+        got_y = await wait_for(lambda: (raw := item_stats.get(y)) and ItemStats.from_dict(raw))
+    assert (got_x.total, got_x.cooc) == (1, {y: 1.0})
+    assert (got_y.total, got_y.cooc) == (0, {x: 1.0})
+    assert repr(stray) in letter.reason and f"partition {partition}" in letter.reason
+    assert item_stats.get(stray) is None
 
 
 # --- the item view and the maintenance timers ------------------------------------------------------------

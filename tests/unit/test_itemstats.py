@@ -24,9 +24,11 @@ from stream.itemstats import (
     apply_rows,
     decode_message,
     knn_similarity,
+    pack_by_partition,
     window_count,
 )
 from stream.profile import Profile, RecentItem
+from stream.topics import key_partition
 
 T0 = 1_700_000_000.0
 HOUR = 3600.0
@@ -115,6 +117,30 @@ def test_rows_fold_to_the_same_stats_as_activities_after_a_json_round_trip() -> 
     assert apply_rows(expected, decoded[item_id], WINDOW, 5) is expected  # a redelivery
 
 
+def test_rows_are_packed_one_message_per_partition_and_decode_back() -> None:
+    profile = history("a", "b", "x", "c", "b")
+    by_item: dict[str, list[list[object]]] = {}
+    for item_id, row in activity_rows(profile, "e9", "x", T0):
+        by_item.setdefault(item_id, []).append(row)
+    packed = pack_by_partition(by_item, 4)
+    assert sorted(i for items in packed.values() for i in items) == sorted(by_item)
+    for partition, items in packed.items():
+        assert {key_partition(i.encode(), 4) for i in items} == {partition}
+        decoded = decode_message(None, orjson.loads(orjson.dumps(items)))  # no key needed
+        for item_id, rows in decoded.items():
+            expected = apply_rows(
+                ItemStats(item_id), decode_message(item_id.encode(), by_item[item_id])[item_id], WINDOW, 5
+            )
+            assert apply_rows(ItemStats(item_id), rows, WINDOW, 5) == expected
+
+
+def test_key_partition_is_the_producers_default_partitioner() -> None:
+    from aiokafka.partitioner import DefaultPartitioner
+
+    for key in (b"1", b"242", b"item-x", "é".encode()):
+        assert key_partition(key, 4) == DefaultPartitioner()(key, [0, 1, 2, 3], [0, 1, 2, 3])
+
+
 def test_messages_in_the_earlier_object_form_still_decode() -> None:
     old = [Activity("e1", "x", T0, True, (("a", 1),)).to_dict(), Activity("e2", "y", T0, False, ()).to_dict()]
     decoded = decode_message(b"x", orjson.loads(orjson.dumps(old)))
@@ -131,6 +157,10 @@ def test_messages_in_the_earlier_object_form_still_decode() -> None:
         [["e1", T0, True, [["a", "1"]]]],  # distance not an int
         [["e1", T0, True, [[7, 1]]]],  # item not a string
         [{"item_id": "x", "ts": T0, "count": True}],  # an old-form object without its id
+        {"x": ["e1", T0, True, []]},  # packed: the item's rows are one row, not a list of them
+        {"x": [["e1", T0, True, [["a", 1.5]]]]},  # packed: a distance not an int
+        {"": [["e1", T0, True, []]]},  # packed: an empty item
+        "rows",  # neither a list nor an object
     ],
 )
 def test_malformed_messages_are_refused_with_a_reason(data: object) -> None:
