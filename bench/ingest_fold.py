@@ -70,7 +70,7 @@ def main() -> None:
                     rows[item_id].append(row)
             for user_id, profile in touched.items():
                 profiles[user_id] = profile.to_dict()
-            messages.extend((b"", orjson.dumps(m)) for m in pack_by_partition(rows, PARTITIONS).values())
+            messages.extend((b"", orjson.dumps(m)) for _, m in pack_by_partition(rows, PARTITIONS))
 
     stats: dict[str, dict[str, Any]] = {}
 

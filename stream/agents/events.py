@@ -63,7 +63,7 @@ async def ingest_events(stream: Any) -> None:
             with event_context(event):
                 profiles[user_id] = profile.to_dict()
         apply_outcomes(outcomes)
-        for partition, packed in pack_by_partition(activities, item_activity_topic.partitions).items():
+        for partition, packed in pack_by_partition(activities, item_activity_topic.partitions):
             item_activity_topic.send_soon(value=orjson.dumps(packed), partition=partition)
 
 

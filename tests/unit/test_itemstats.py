@@ -123,8 +123,9 @@ def test_rows_are_packed_one_message_per_partition_and_decode_back() -> None:
     for item_id, row in activity_rows(profile, "e9", "x", T0):
         by_item.setdefault(item_id, []).append(row)
     packed = pack_by_partition(by_item, 4)
-    assert sorted(i for items in packed.values() for i in items) == sorted(by_item)
-    for partition, items in packed.items():
+    assert sorted(i for _, items in packed for i in items) == sorted(by_item)
+    assert len({p for p, _ in packed}) == len(packed)  # under max_rows: one message per partition
+    for partition, items in packed:
         assert {key_partition(i.encode(), 4) for i in items} == {partition}
         decoded = decode_message(None, orjson.loads(orjson.dumps(items)))  # no key needed
         for item_id, rows in decoded.items():
@@ -132,6 +133,17 @@ def test_rows_are_packed_one_message_per_partition_and_decode_back() -> None:
                 ItemStats(item_id), decode_message(item_id.encode(), by_item[item_id])[item_id], WINDOW, 5
             )
             assert apply_rows(ItemStats(item_id), rows, WINDOW, 5) == expected
+
+
+def test_a_partition_with_many_rows_gets_several_messages_and_no_item_is_split() -> None:
+    by_item = {f"i{n}": [[f"e{n}-{r}", T0, True, []] for r in range(n % 5 + 1)] for n in range(200)}
+    packed = pack_by_partition(by_item, 2, max_rows=16)
+    assert sorted(i for _, m in packed for i in m) == sorted(by_item)  # each item once, whole
+    for partition, message in packed:
+        assert {key_partition(i.encode(), 2) for i in message} == {partition}
+        rows = [len(r) for r in message.values()]
+        assert sum(rows) - rows[-1] < 16  # closed by the item that reached the bound
+    assert len(packed) > 2
 
 
 def test_key_partition_is_the_producers_default_partitioner() -> None:
