@@ -33,11 +33,21 @@ class Warmup:
     recoveries: int = 0
     registry_generation: int = 0
 
+    def is_for(self, recoveries: int, registry_generation: int) -> bool:
+        """Whether the primed items were primed since this recovery and registry change."""
+        return (self.recoveries, self.registry_generation) == (recoveries, registry_generation)
+
+    def follow(self, recoveries: int, registry_generation: int) -> None:
+        """Start over after a recovery or a registry change: the reloaded models' caches are cold."""
+        if not self.is_for(recoveries, registry_generation):
+            self.primed_items.clear()
+            self.recoveries, self.registry_generation = recoveries, registry_generation
+
     def primed(self, catalog: CatalogIndex, recoveries: int, registry_generation: int) -> bool:
         """Warm for the ranker as it is now: a recovery or a registry change since the items were
-        primed means a reloaded model with a cold cache, even before the timer has noticed."""
+        primed means a reloaded model with a cold cache, even before the timer has followed it."""
         return (
-            (self.recoveries, self.registry_generation) == (recoveries, registry_generation)
+            self.is_for(recoveries, registry_generation)
             and bool(len(catalog))
             and all(i in self.primed_items for i in catalog.items)
         )

@@ -73,9 +73,7 @@ async def prime_ranker_cache() -> None:
     """
     if not settings.prime_ranker_cache:
         return
-    if (warmup.recoveries, warmup.registry_generation) != (ranker_client.recoveries, registry.generation):
-        warmup.primed_items.clear()
-        warmup.recoveries, warmup.registry_generation = ranker_client.recoveries, registry.generation
+    warmup.follow(ranker_client.recoveries, registry.generation)
     pending = [i for i in catalog.items if i not in warmup.primed_items and catalog.has_vector(i)]
     started = time.monotonic()
     for start in range(0, len(pending), PRIME_CHUNK):

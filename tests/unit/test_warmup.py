@@ -33,3 +33,13 @@ def test_a_registry_change_or_a_ranker_recovery_makes_it_cold_before_the_timer_c
 
 def test_an_empty_catalog_is_not_primed() -> None:
     assert not Warmup().primed(CatalogIndex(), recoveries=0, registry_generation=0)
+
+
+def test_following_a_reload_starts_over_and_following_the_same_state_keeps_the_primed_items() -> None:
+    catalog = catalog_of("a")
+    warmup = Warmup(primed_items={"a"}, recoveries=1, registry_generation=3)
+    warmup.follow(recoveries=1, registry_generation=3)
+    assert warmup.primed(catalog, recoveries=1, registry_generation=3)
+    warmup.follow(recoveries=1, registry_generation=4)
+    assert warmup.primed_items == set() and warmup.is_for(recoveries=1, registry_generation=4)
+    assert not warmup.primed(catalog, recoveries=1, registry_generation=4)
