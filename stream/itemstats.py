@@ -236,17 +236,22 @@ def apply_rows(
 
 def _fold(stats: ItemStats, rows: Iterable[Row], window_s: float) -> ItemStats:
     """Activities applied in order, on working copies made once (the hot path of item statistics)."""
-    seen = deque(stats.seen, maxlen=MAX_SEEN)
+    # The last MAX_SEEN ids in order, and as a set for the check each row makes.
+    seen = deque(stats.seen)
+    seen_set = set(seen)
     total = stats.total
     buckets: dict[int, int] | None = None
     near: dict[str, float] | None = None
     cooc: dict[str, float] | None = None
     for activity_id, ts, count, co_items in rows:
-        if activity_id in seen:
+        if activity_id in seen_set:
             continue
         if near is None or cooc is None:
             near, cooc = dict(stats.near), dict(stats.cooc)
         seen.append(activity_id)
+        seen_set.add(activity_id)
+        if len(seen) > MAX_SEEN:
+            seen_set.discard(seen.popleft())
         if count:
             total += 1
             oldest = int((ts - 2 * window_s) // BUCKET_S)
@@ -259,9 +264,12 @@ def _fold(stats: ItemStats, rows: Iterable[Row], window_s: float) -> ItemStats:
             if distance <= NEAR_WINDOW:
                 near[other] = near.get(other, 0.0) + 1.0
         if len(cooc) > PRUNE_AT:
+            # By count descending, then id: sorted by id first, the stable count sort keeps that
+            # order among equal counts (two sorts in C, no key tuple per neighbour).
             counts = cooc
-            keep = sorted(counts, key=lambda k: (-counts[k], k))[:MAX_NEIGHBORS]
-            cooc = {k: counts[k] for k in keep}
+            keep = sorted(counts)
+            keep.sort(key=counts.__getitem__, reverse=True)
+            cooc = {k: counts[k] for k in keep[:MAX_NEIGHBORS]}
             near = {k: v for k, v in near.items() if k in cooc}
     if near is None or cooc is None:
         return stats  # every activity was a replay

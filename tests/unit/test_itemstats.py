@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import orjson
 import pytest
@@ -236,6 +237,31 @@ def test_replay_is_remembered_for_max_seen_activities() -> None:
     assert "e0" not in s.seen
     assert apply_activity(s, act("e1"), WINDOW) is s
     assert s.total == MAX_SEEN + 1
+
+
+def test_within_one_message_only_the_last_max_seen_ids_are_remembered() -> None:
+    # 40 rows in one fold, then e0 again: e0 has left the window of MAX_SEEN ids and counts anew,
+    # as it would in 41 separate messages; e39 is still in it and does not.
+    rows = [(f"e{n}", T0, True, (("a", 1),)) for n in range(40)]
+    s = apply_rows(ItemStats("x"), [*rows, ("e0", T0, True, (("a", 1),)), rows[-1]], WINDOW)
+    assert s.total == 41
+    assert s.seen == (*[f"e{n}" for n in range(40 - MAX_SEEN + 1, 40)], "e0")
+
+
+def test_pruning_keeps_the_strongest_then_lowest_ids_as_a_full_sort_would() -> None:
+    rng = random.Random(7)
+    names = [f"n{n:05d}" for n in rng.sample(range(100_000), PRUNE_AT + 1)]
+    tally = {name: float(rng.choice([1, 1, 1, 2, 3])) for name in names}  # many ties at each count
+    # Each name's rows together; the last name's single row passes PRUNE_AT and prunes once.
+    tally[names[-1]] = 1.0
+    rows = [
+        (f"e{n}-{k}", T0, False, ((name, 9),))
+        for n, name in enumerate(names)
+        for k in range(int(tally[name]))
+    ]
+    folded = apply_rows(ItemStats("x"), rows, WINDOW)
+    kept = sorted(tally, key=lambda k: (-tally[k], k))[:MAX_NEIGHBORS]
+    assert folded.cooc == {k: tally[k] for k in kept}
 
 
 def test_replaying_an_uncommitted_tail_of_forty_activities_counts_nothing_twice() -> None:
