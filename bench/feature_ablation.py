@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 
 import stream.candidates as candidates_mod
-import stream.features as features_mod
 from stream.features import FEATURE_NAMES, Signals
 from workers.evaluation import metrics
 from workers.evaluation import replay as replay_mod
@@ -84,14 +83,16 @@ def _percentile(v: np.ndarray) -> np.ndarray:
     return np.argsort(np.argsort(v, kind="stable"), kind="stable") / max(len(v) - 1, 1)
 
 
-def wide_matrix(signals: list[Signals], cold_user: bool, max_popularity: float) -> np.ndarray:
-    base = ORIGINAL_MATRIX(signals, cold_user, max_popularity)
-    if not signals:
+def wide_features(
+    ids: list[str], raw: np.ndarray, popularity: np.ndarray, cold_user: bool, max_popularity: float
+) -> np.ndarray:
+    """``stream.candidates.pool_features`` with the ``EXTRA`` columns after the served ones; keeps the
+    pool (its ids and matrix) for ``replay``. ``raw`` holds the ``Signals`` columns but popularity."""
+    base = ORIGINAL_POOL_FEATURES(ids, raw, popularity, cold_user, max_popularity)
+    if not ids:
         return np.zeros((0, len(FEATURE_NAMES) + len(EXTRA)), np.float32)
-    cov, knn, tr, pop, aff = (
-        np.array([getattr(s, f) for s in signals])
-        for f in ("covisit", "knn", "trending", "popularity", "affinity")
-    )
+    cov, knn, aff, tr = (raw[:, RAW_COLUMNS.index(f)] for f in ("covisit", "knn", "affinity", "trending"))
+    pop = popularity
     extra = [
         np.log1p(cov),
         np.log1p(knn * 10),
@@ -107,19 +108,21 @@ def wide_matrix(signals: list[Signals], cold_user: bool, max_popularity: float) 
         (cov > 0).astype(float) + (knn > 0) + (tr > 0),
     ]
     wide = np.concatenate([base, np.stack(extra, axis=1).astype(np.float32)], axis=1)
-    POOL["ids"], POOL["matrix"] = [s.item_id for s in signals], wide
+    POOL["ids"], POOL["matrix"] = list(ids), wide
     return wide
 
 
-ORIGINAL_MATRIX = features_mod.feature_matrix
-ORIGINAL_BLEND = features_mod.fallback_scores
+# gather's raw columns: the Signals fields after item_id, popularity apart.
+RAW_COLUMNS = tuple(f for f in Signals.__dataclass_fields__ if f not in ("item_id", "popularity"))
+ORIGINAL_POOL_FEATURES = candidates_mod.pool_features
+ORIGINAL_BLEND = candidates_mod.fallback_scores
 POOL: dict[str, Any] = {}
 COLUMNS = (*FEATURE_NAMES, *EXTRA)
 
 
 def replay() -> tuple[list[str], list[replay_mod.Case], list[tuple[int, np.ndarray]]]:
     """The leave-last-out cases with wide features, and each query's (target row, pre-cut pool)."""
-    candidates_mod.feature_matrix = wide_matrix
+    candidates_mod.pool_features = wide_features
     candidates_mod.fallback_scores = lambda f: ORIGINAL_BLEND(f[:, : len(FEATURE_NAMES)])  # type: ignore[assignment]
     pools: list[tuple[int, np.ndarray]] = []
     original_query = replay_mod.Replay.query
@@ -140,7 +143,7 @@ def replay() -> tuple[list[str], list[replay_mod.Case], list[tuple[int, np.ndarr
         )
     finally:
         replay_mod.Replay.query = original_query  # type: ignore[method-assign]
-        candidates_mod.feature_matrix = ORIGINAL_MATRIX
+        candidates_mod.pool_features = ORIGINAL_POOL_FEATURES
         candidates_mod.fallback_scores = ORIGINAL_BLEND
     return state.ids, cases, pools
 

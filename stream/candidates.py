@@ -142,8 +142,12 @@ def gather(
         [lexical_col, semantic_col, covisit_col, knn_col, affinity_col, trending_col], dtype=np.float64
     ).T.copy()
     max_pop = float(max(popularity.values(), default=1))
-    features = normalised_features(
-        raw, np.array(popularity_col, dtype=np.float64), cold_user=profile.is_cold, max_popularity=max_pop
+    features = pool_features(
+        ids,
+        raw,
+        np.array(popularity_col, dtype=np.float64),
+        cold_user=profile.is_cold,
+        max_popularity=max_pop,
     )
     blend = fallback_scores(features)
     # Stable order: by blend, then item id, so equal inputs always give equal outputs. The blend as
@@ -169,6 +173,14 @@ def gather(
         for r in order
     ]
     return CandidateSet(candidates, features[order], blend[order], genres)
+
+
+def pool_features(
+    ids: list[str], raw: np.ndarray, popularity: np.ndarray, cold_user: bool, max_popularity: float
+) -> np.ndarray:
+    """The feature matrix of the pre-cut pool, rows in ``ids`` order: ``normalised_features``. Its own
+    function so that bench/feature_ablation.py can widen it and see each query's whole pool."""
+    return normalised_features(raw, popularity, cold_user=cold_user, max_popularity=max_popularity)
 
 
 def _affinity(affinities: Mapping[str, float], item: Item | None) -> float:

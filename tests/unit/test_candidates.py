@@ -296,6 +296,26 @@ def test_features_are_those_of_the_signals_kept() -> None:
     assert all(isinstance(getattr(s, f), float) for s in signals for f in FEATURE_NAMES[:7])
 
 
+def test_the_pool_features_seam_sees_the_whole_pool_before_the_cut(monkeypatch: pytest.MonkeyPatch) -> None:
+    # bench/feature_ablation.py widens the matrix here; if gather stopped calling the module-level
+    # function, the ablation would silently measure the served features alone.
+    import stream.candidates as candidates_mod
+
+    seen: dict[str, object] = {}
+    original = candidates_mod.pool_features
+
+    def recording(ids, raw, popularity, cold_user, max_popularity):  # type: ignore[no-untyped-def]
+        seen["ids"], seen["features"] = list(ids), original(ids, raw, popularity, cold_user, max_popularity)
+        return seen["features"]
+
+    monkeypatch.setattr(candidates_mod, "pool_features", recording)
+    cands, _ = every_source(CandidateParams(limit=5))
+    pool = seen["ids"]
+    assert isinstance(pool, list) and len(pool) > len(cands.candidates) == 5
+    rows = [pool.index(c.signals.item_id) for c in cands.candidates]
+    assert cands.features.tobytes() == seen["features"][rows].tobytes()  # type: ignore[index]
+
+
 def test_empty_world_gives_an_empty_set() -> None:
     cands = run(Profile(user_id="u"), catalog=CatalogIndex())
     assert cands.candidates == []
