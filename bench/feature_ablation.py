@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 import stream.candidates as candidates_mod
-from stream.features import FEATURE_NAMES, Signals
+from stream.features import FEATURE_NAMES, RAW_FEATURES
 from workers.evaluation import metrics
 from workers.evaluation import replay as replay_mod
 from workers.evaluation.cases import item_texts, make_plan
@@ -87,12 +87,15 @@ def wide_features(
     ids: list[str], raw: np.ndarray, popularity: np.ndarray, cold_user: bool, max_popularity: float
 ) -> np.ndarray:
     """``stream.candidates.pool_features`` with the ``EXTRA`` columns after the served ones; keeps the
-    pool (its ids and matrix) for ``replay``. ``raw`` holds the ``Signals`` columns but popularity."""
-    base = ORIGINAL_POOL_FEATURES(ids, raw, popularity, cold_user, max_popularity)
+    pool (its ids and matrix) for ``replay``. ``raw`` holds the ``RAW_FEATURES`` columns."""
     if not ids:
         return np.zeros((0, len(FEATURE_NAMES) + len(EXTRA)), np.float32)
-    cov, knn, aff, tr = (raw[:, RAW_COLUMNS.index(f)] for f in ("covisit", "knn", "affinity", "trending"))
+    # Copied before the served features are built: normalised_features divides ``raw`` in place.
+    cov, knn, aff, tr = (
+        raw[:, RAW_FEATURES.index(f)].copy() for f in ("covisit", "knn", "affinity", "trending")
+    )
     pop = popularity
+    base = ORIGINAL_POOL_FEATURES(ids, raw, popularity, cold_user, max_popularity)
     extra = [
         np.log1p(cov),
         np.log1p(knn * 10),
@@ -112,8 +115,6 @@ def wide_features(
     return wide
 
 
-# gather's raw columns: the Signals fields after item_id, popularity apart.
-RAW_COLUMNS = tuple(f for f in Signals.__dataclass_fields__ if f not in ("item_id", "popularity"))
 ORIGINAL_POOL_FEATURES = candidates_mod.pool_features
 ORIGINAL_BLEND = candidates_mod.fallback_scores
 POOL: dict[str, Any] = {}

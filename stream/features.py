@@ -51,8 +51,10 @@ class Signals:
     popularity: float = 0.0
 
 
+# The raw columns before normalisation: the Signals fields but item_id and popularity, in order.
+RAW_FEATURES: tuple[str, ...] = ("lexical", "semantic", "covisit", "knn", "affinity", "trending")
 # One C-level getter per row instead of six attribute loads in a Python list.
-_RAW_COLUMNS = attrgetter("lexical", "semantic", "covisit", "knn", "affinity", "trending")
+_RAW_COLUMNS = attrgetter(*RAW_FEATURES)
 _POPULARITY = attrgetter("popularity")
 
 
@@ -68,8 +70,8 @@ def feature_matrix(signals: list[Signals], cold_user: bool, max_popularity: floa
 def normalised_features(
     raw: np.ndarray, popularity: np.ndarray, cold_user: bool, max_popularity: float
 ) -> np.ndarray:
-    """``feature_matrix`` from the raw columns: ``raw`` is (rows, 6) float64 in ``Signals`` field
-    order (lexical .. trending), ``popularity`` the rows' all-time counts. ``raw`` is changed."""
+    """``feature_matrix`` from the raw columns: ``raw`` is (rows, 6) float64 in ``RAW_FEATURES``
+    order, ``popularity`` the rows' all-time counts. ``raw`` is changed."""
     out = np.zeros((len(raw), N_FEATURES), dtype=np.float32)
     if not len(raw):
         return out
