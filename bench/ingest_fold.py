@@ -34,7 +34,6 @@ from workers.worker import tune_gc
 EVENTS_BATCH = 1000  # settings.ingest_batch_max
 ITEMS_BATCH = 2000  # apply_item_activity's take_events
 WINDOW_S = 6 * 3600.0
-PARTITIONS = 4  # settings.topic_partitions
 
 
 def main() -> None:
@@ -52,7 +51,8 @@ def main() -> None:
         timings[name] = time.perf_counter() - started
         return out
 
-    tune_gc(load_settings().gc_gen0_threshold)  # the worker's collector settings
+    settings = load_settings()
+    tune_gc(settings.gc_gen0_threshold)  # the worker's collector settings
     records: list[Event] = timed("parse", lambda: [parse(Event, v, k, key_field="user_id") for k, v in raw])
     profiles: dict[str, dict[str, Any]] = {}
     messages: list[tuple[bytes, bytes]] = []
@@ -71,7 +71,9 @@ def main() -> None:
                     rows[item_id].append(row)
             for user_id, profile in touched.items():
                 profiles[user_id] = profile.to_dict()
-            messages.extend((b"", orjson.dumps(m)) for _, m in pack_by_partition(rows, PARTITIONS))
+            messages.extend(
+                (b"", orjson.dumps(m)) for _, m in pack_by_partition(rows, settings.topic_partitions)
+            )
 
     stats: dict[str, dict[str, Any]] = {}
 
