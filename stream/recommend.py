@@ -18,7 +18,7 @@ from stream.itemstats import ItemStats
 from stream.metrics import Metrics
 from stream.profile import Profile, recent_titles
 from stream.records import Impression, ModelInfo, Query, Recommendation, RecommendedItem, ShownItem
-from stream.registry import ModelRegistry
+from stream.registry import TRITON_DEFAULT, ModelRegistry
 from stream.rerank import rerank
 from stream.settings import Settings
 from stream.text import user_text
@@ -74,6 +74,11 @@ class Recommender:
         self.params = CandidateParams(limit=settings.candidates_max)
         self.experiment = Experiment(salt=settings.experiment_salt, variants=settings.variants)
         self._shown_items: dict[str, set[str]] = {}
+        # The version Triton last answered a default ("") request with, and the (registry
+        # generation, ranker recoveries) it was learned under. An arm on "latest" with nothing
+        # promoted routes to it, so an A/A test (one arm pinned to that version) is one packed call,
+        # not two; a registry change, a ranker recovery or a Triton error on it forgets it.
+        self._served_default: tuple[int, int, str] | None = None
 
     async def recommend(
         self, requests: Sequence[tuple[Query, Profile]], trigger: str = "query"
@@ -109,8 +114,7 @@ class Recommender:
         groups: dict[str, list[int]] = {}
         for r, v in enumerate(variants):
             if not v.arm.uses_fallback:
-                version = self.registry.resolve(self.settings.ranker_model, v.arm.version)
-                groups.setdefault(version, []).append(r)
+                groups.setdefault(self._route(v.arm.version), []).append(r)
         scores: list[np.ndarray] = [c.fallback for c in sets]
         models: list[ModelInfo] = [FALLBACK_MODEL] * len(requests)
         causes: list[str | None] = [None] * len(requests)
@@ -150,14 +154,28 @@ class Recommender:
 
     def routed_versions(self) -> list[str]:
         """The ranker versions the arms route to now ("" = Triton's configured one)."""
-        model = self.settings.ranker_model
         return sorted(
-            {
-                self.registry.resolve(model, v.arm.version)
-                for v in self.experiment.variants
-                if not v.arm.uses_fallback
-            }
+            {self._route(v.arm.version) for v in self.experiment.variants if not v.arm.uses_fallback}
         )
+
+    async def prime(self, request: RankRequest, deadline: float) -> None:
+        """Send ``request`` to every version the arms route to (the ranker's item caches warm up)."""
+        for version in self.routed_versions() or [TRITON_DEFAULT]:
+            result = await self.client.rank([request], deadline, version)
+            self._answered(version, result.model_version)
+
+    def _route(self, policy: str) -> str:
+        """The ``model_version`` to send for an arm's version policy."""
+        version = self.registry.resolve(self.settings.ranker_model, policy)
+        if version == TRITON_DEFAULT and self._served_default is not None:
+            generation, recoveries, served = self._served_default
+            if (generation, recoveries) == (self.registry.generation, self.client.recoveries):
+                return served
+        return version
+
+    def _answered(self, sent: str, answered: str) -> None:
+        if sent == TRITON_DEFAULT and answered.isdigit():
+            self._served_default = (self.registry.generation, self.client.recoveries, answered)
 
     def _cover(self, variant: str, items: Sequence[RecommendedItem]) -> int:
         """Distinct items this variant has shown since the worker started (catalog coverage)."""
@@ -234,7 +252,10 @@ class Recommender:
         try:
             result = await self.client.rank(rank_requests, deadline, version)
         except RankerUnavailable as exc:
+            if exc.cause == "triton_error" and self._served_default and self._served_default[2] == version:
+                self._served_default = None  # a restarted Triton may serve another version by default
             return [c.fallback for c in sets], FALLBACK_MODEL, exc.cause
+        self._answered(version, result.model_version)
         self.metrics.model_version.labels(model=self.settings.ranker_model).set(
             float(result.model_version) if result.model_version.isdigit() else 0
         )

@@ -3,8 +3,10 @@
 The trainer (workers/loop/) writes a ``promoted`` record only after the version loaded in Triton and
 passed its canary, ``refused`` when it did not, ``retired`` when it is taken out of service. A
 variant asking for ``latest`` gets the highest promoted version of its model; with none promoted
-yet, Triton's own choice (the version the committed config serves). A pinned version is routed as
-asked: pinning is an operator's explicit choice, and its failures fall back like any Triton error.
+yet, Triton's own choice (the version the committed config serves; once Triton has answered such
+a request, stream/recommend.py sends that version by number, so an A/A test is one call). A pinned
+version is routed as asked: pinning is an operator's explicit choice, and its failures fall back
+like any Triton error.
 """
 
 from __future__ import annotations

@@ -81,8 +81,7 @@ async def prime_ranker_cache() -> None:
         texts = [item_text(catalog.items[i]) for i in chunk if i in catalog.items]
         request = RankRequest("", texts, np.zeros((len(texts), N_FEATURES), dtype=np.float32))
         try:
-            for version in recommender.routed_versions() or [""]:
-                await ranker_client.rank([request], time.monotonic() + settings.embed_deadline_s, version)
+            await recommender.prime(request, time.monotonic() + settings.embed_deadline_s)
         except RankerUnavailable as exc:
             log.info("ranker cache priming paused: %s", exc)
             return

@@ -297,6 +297,7 @@ class FakeRanker:
         self.error = error
         self.version = version
         self.rank_calls = 0
+        self.recoveries = 0
 
     async def embed(self, texts: Any, deadline: float) -> np.ndarray:
         raise RankerUnavailable("breaker_open")

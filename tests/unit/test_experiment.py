@@ -19,10 +19,12 @@ from stream.experiment import (
     bucket,
     parse_variants,
 )
+from stream.profile import Profile
 from stream.recommend import FALLBACK_MODEL
-from stream.records import ModelVersion
+from stream.records import ModelVersion, Query
 from stream.settings import SettingsError, load_settings
 from tests.unit.test_recommend import FakeRanker, buyer, make, query
+from workers.ranker_client import RankRequest
 
 HALVES = '{"control": 0.5, "treatment": 0.5}'
 
@@ -254,7 +256,8 @@ async def test_arms_route_to_their_versions_and_latest_follows_the_registry() ->
     requests = [(query(request_id=f"r-{u}", k=3).model_copy(update={"user_id": u}), buyer()) for u in users]
 
     outs = await rec.recommend(requests)  # nothing promoted: "latest" is Triton's default ("")
-    assert sorted(client.rank_versions) == ["", "1"] == rec.routed_versions()
+    assert sorted(client.rank_versions) == ["", "1"]
+    assert rec.routed_versions() == ["1"]  # Triton answered "" with 1 (the A/A test below)
     generation = rec.registry.generation
     assert [len(r) for r, _ in client.rank_calls] == [1, 1]  # one packed call per version
 
@@ -266,6 +269,57 @@ async def test_arms_route_to_their_versions_and_latest_follows_the_registry() ->
     assert rec.registry.generation == generation + 2
     rec.registry.apply(ModelVersion(model="ranker", version="2", status="promoted", ts=1.0))
     assert rec.registry.generation == generation + 2  # a redelivered record changes nothing
+    assert {o.variant: o.model.version for o in outs} == {"control": "1", "treatment": "2"}
+
+
+def aa_requests() -> list[tuple[Query, Profile]]:
+    users = ["u-3", "u-1"]  # control and treatment under salt ab-1 (see above)
+    return [(query(request_id=f"r-{u}", k=3).model_copy(update={"user_id": u}), buyer()) for u in users]
+
+
+async def test_an_aa_test_learns_triton_s_default_version_and_sends_one_call() -> None:
+    client = FakeRanker(score=lambda r: np.arange(len(r.item_texts), dtype=np.float32), version="1")
+    variants = '{"control": {"share": 0.5, "version": "1"}, "treatment": 0.5}'
+    rec, _, _ = make(client, variants=variants, experiment_salt="ab-1")
+
+    def batch_calls() -> list[tuple[str, int]]:
+        calls = sorted(zip(client.rank_versions, (len(r) for r, _ in client.rank_calls), strict=True))
+        client.rank_versions.clear()
+        client.rank_calls.clear()
+        return calls
+
+    await rec.recommend(aa_requests())  # nothing learned yet: Triton's default is asked for ("")
+    assert batch_calls() == [("", 1), ("1", 1)]
+    outs = await rec.recommend(aa_requests())  # it answered "" with version 1: both arms are on 1
+    assert batch_calls() == [("1", 2)]
+    assert rec.routed_versions() == ["1"]
+    assert {o.variant: o.model.version for o in outs} == {"control": "1", "treatment": "1"}
+
+    # Forgotten when Triton may have changed: a recovery (a restart), an error on it, a registry change.
+    client.recoveries += 1
+    assert rec.routed_versions() == ["", "1"]
+    await rec.recommend(aa_requests())
+    assert batch_calls() == [("", 1), ("1", 1)]
+    client.rank_error = "triton_error"
+    await rec.recommend(aa_requests())
+    assert batch_calls() == [("1", 2)]
+    client.rank_error = None
+    assert rec.routed_versions() == ["", "1"]
+    await rec.recommend(aa_requests())
+    assert rec.routed_versions() == ["1"]
+    rec.registry.apply(ModelVersion(model="ranker", version="2", status="refused", ts=1.0))
+    assert rec.routed_versions() == ["", "1"]
+
+
+async def test_a_default_that_is_another_version_is_not_merged_and_priming_learns_it() -> None:
+    client = FakeRanker(score=lambda r: np.arange(len(r.item_texts), dtype=np.float32), version="2")
+    variants = '{"control": {"share": 0.5, "version": "1"}, "treatment": 0.5}'
+    rec, _, _ = make(client, variants=variants, experiment_salt="ab-1")
+    request = RankRequest("", ["Movie 1"], np.zeros((1, 8), dtype=np.float32))
+    await rec.prime(request, deadline=1e12)
+    assert sorted(client.rank_versions) == ["", "1"]
+    assert rec.routed_versions() == ["1", "2"]  # Triton's default answered as 2: still two versions
+    outs = await rec.recommend(aa_requests())
     assert {o.variant: o.model.version for o in outs} == {"control": "1", "treatment": "2"}
 
 

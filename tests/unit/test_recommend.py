@@ -40,6 +40,7 @@ class FakeRanker:
         self.embed_error = embed_error
         self.rank_error = rank_error
         self.dim = dim
+        self.recoveries = 0
         self.embed_calls: list[tuple[list[str], float]] = []
         self.rank_calls: list[tuple[list[RankRequest], float]] = []
         self.rank_versions: list[str] = []
