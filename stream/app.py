@@ -9,6 +9,7 @@ from typing import Any
 
 import faust
 
+from stream.batching import Stream
 from stream.commits import SafeTransport
 from stream.settings import Settings, get_settings
 
@@ -88,6 +89,7 @@ def create_app(settings: Settings) -> faust.App:
         datadir=str(datadir),
         autodiscover=["stream.agents"],
         Worker=Worker,
+        Stream=Stream,
         origin="stream",
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=1,

@@ -73,11 +73,14 @@ class Settings(BaseSettings):
     # Python's collector: with its default (700 allocations) a full collection walked the item view
     # and tables every ~40 ms while ingesting, ~25% of the worker's time (docs/performance.md).
     gc_gen0_threshold: int = Field(default=20_000, ge=700, le=1_000_000)
+    # A batch leaves when it holds *_max events or *_within_s after its first event (stream/batching.py).
+    # Faust's own windows were ticks: a query waited 0-10 ms for the next one (5 ms on average); a
+    # 5 ms window from the query's arrival keeps that mean and caps the wait at 5 ms.
     ingest_batch_max: int = Field(default=1000, ge=1)
     ingest_batch_within_s: float = Field(default=0.05, gt=0, le=10)
     query_batch_max: int = Field(default=32, ge=1, le=256)
     query_concurrency: int = Field(default=4, ge=1, le=64)
-    query_batch_within_s: float = Field(default=0.01, gt=0, le=10)
+    query_batch_within_s: float = Field(default=0.005, gt=0, le=10)
 
     # --- recommendations ---
     candidates_max: int = Field(default=50, ge=1, le=500)
