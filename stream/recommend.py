@@ -22,7 +22,7 @@ from stream.registry import TRITON_DEFAULT, ModelRegistry
 from stream.rerank import rerank
 from stream.settings import Settings
 from stream.text import user_text
-from workers.ranker_client import RankerClient, RankerUnavailable, RankRequest
+from workers.ranker_client import RankerClient, RankerUnavailable, RankRequest, RankResult
 
 FALLBACK_MODEL = ModelInfo(name="fallback-blend", version="1")
 COVERAGE_TRACKED_MAX = 1_000_000  # distinct shown items tracked per variant (bounds memory)
@@ -161,8 +161,7 @@ class Recommender:
     async def prime(self, request: RankRequest, deadline: float) -> None:
         """Send ``request`` to every version the arms route to (the ranker's item caches warm up)."""
         for version in self.routed_versions() or [TRITON_DEFAULT]:
-            result = await self.client.rank([request], deadline, version)
-            self._answered(version, result.model_version)
+            await self._rank([request], deadline, version)
 
     def _route(self, policy: str) -> str:
         """The ``model_version`` to send for an arm's version policy."""
@@ -173,9 +172,18 @@ class Recommender:
                 return served
         return version
 
-    def _answered(self, sent: str, answered: str) -> None:
-        if sent == TRITON_DEFAULT and answered.isdigit():
-            self._served_default = (self.registry.generation, self.client.recoveries, answered)
+    async def _rank(self, requests: Sequence[RankRequest], deadline: float, version: str) -> RankResult:
+        """A ranker call (queries and priming alike), and what it says of Triton's default version."""
+        try:
+            result = await self.client.rank(requests, deadline, version)
+        except RankerUnavailable as exc:
+            learned = self._served_default
+            if exc.cause == "triton_error" and learned is not None and learned[2] == version:
+                self._served_default = None  # a restarted Triton may serve another version by default
+            raise
+        if version == TRITON_DEFAULT and result.model_version.isdigit():
+            self._served_default = (self.registry.generation, self.client.recoveries, result.model_version)
+        return result
 
     def _cover(self, variant: str, items: Sequence[RecommendedItem]) -> int:
         """Distinct items this variant has shown since the worker started (catalog coverage)."""
@@ -250,12 +258,9 @@ class Recommender:
                 texts.append(text if text is not None else c.signals.item_id)
             rank_requests.append(RankRequest(context, texts, cands.features))
         try:
-            result = await self.client.rank(rank_requests, deadline, version)
+            result = await self._rank(rank_requests, deadline, version)
         except RankerUnavailable as exc:
-            if exc.cause == "triton_error" and self._served_default and self._served_default[2] == version:
-                self._served_default = None  # a restarted Triton may serve another version by default
             return [c.fallback for c in sets], FALLBACK_MODEL, exc.cause
-        self._answered(version, result.model_version)
         self.metrics.model_version.labels(model=self.settings.ranker_model).set(
             float(result.model_version) if result.model_version.isdigit() else 0
         )

@@ -24,7 +24,7 @@ from stream.recommend import FALLBACK_MODEL
 from stream.records import ModelVersion, Query
 from stream.settings import SettingsError, load_settings
 from tests.unit.test_recommend import FakeRanker, buyer, make, query
-from workers.ranker_client import RankRequest
+from workers.ranker_client import RankerUnavailable, RankRequest
 
 HALVES = '{"control": 0.5, "treatment": 0.5}'
 
@@ -303,6 +303,13 @@ async def test_an_aa_test_learns_triton_s_default_version_and_sends_one_call() -
     client.rank_error = "triton_error"
     await rec.recommend(aa_requests())
     assert batch_calls() == [("1", 2)]
+    client.rank_error = None
+    assert rec.routed_versions() == ["", "1"]
+    await rec.recommend(aa_requests())
+    assert rec.routed_versions() == ["1"]
+    client.rank_error = "triton_error"  # a failed priming call on it forgets it too
+    with pytest.raises(RankerUnavailable):
+        await rec.prime(RankRequest("", ["Movie 1"], np.zeros((1, 8), dtype=np.float32)), deadline=1e12)
     client.rank_error = None
     assert rec.routed_versions() == ["", "1"]
     await rec.recommend(aa_requests())
