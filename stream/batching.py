@@ -42,6 +42,7 @@ class _Buffer:
         self.first_added = Event()
         # Set while a batch is consumed: values arriving then wait for it (a batch never changes).
         self.consuming: asyncio.Future[None] | None = None
+        self.held: set[int] = set()  # ids of the batch's events its consumer left unacked
 
     async def add(self, value: Any) -> Any:
         try:
@@ -71,8 +72,10 @@ class _Buffer:
         """After a batch: ack its events, then let the held-back values in."""
         self.values.clear()
         for event in self.events:
-            await self.stream.ack(event)
+            if id(event) not in self.held:
+                await self.stream.ack(event)
         self.events.clear()
+        self.held.clear()
         if self.consuming is not None:
             notify(self.consuming)
         self.full.clear()
@@ -81,11 +84,20 @@ class _Buffer:
 
 
 class Stream(faust.Stream):
+    _take_buffer: _Buffer | None = None
+
+    def hold(self, event: EventT) -> None:
+        """Leave ``event``, of the ``take_events`` batch being consumed, unacked: a commit then stops
+        below it, and it is processed when it comes again."""
+        if self._take_buffer is None:
+            raise RuntimeError("hold() is for the events of a take_events batch")
+        self._take_buffer.held.add(id(event))
+
     @_tracks_buffer_agen
     async def take_events(self, max_: int, within: Seconds) -> AsyncGenerator[Sequence[EventT], None]:
         """Batches of at most ``max_`` events, each yielded at most ``within`` seconds after its first
         event arrived; nothing runs while no event comes."""
-        buffer = _Buffer(self, max_)
+        buffer = self._take_buffer = _Buffer(self, max_)
         timeout = want_seconds(within)
         stream_enable_acks: bool = self.enable_acks
         self.enable_acks = False  # acked by the buffer, once the batch has been consumed
@@ -106,3 +118,4 @@ class Stream(faust.Stream):
         finally:
             self.enable_acks = stream_enable_acks
             self._processors.remove(buffer.add)
+            self._take_buffer = None

@@ -70,6 +70,12 @@ class Delivered:
         """The lowest offset handed over and not done: a commit must not pass it."""
         return min((o for o in self._refs if not done(o)), default=None)
 
+    def outstanding(self, lo: int, hi: int, done: Callable[[int], bool]) -> bool:
+        """Whether an offset in ``[lo, hi)`` was handed over and is not done."""
+        if hi - lo <= len(self._refs):
+            return any(o in self._refs and not done(o) for o in range(lo, hi))
+        return any(lo <= o < hi and not done(o) for o in self._refs)
+
     def first_dropped(self, done: Callable[[int], bool]) -> int | None:
         """The lowest offset handed over that no stream will process: not done, and either gone
         (Faust let go of the message unprocessed) or never taken by a stream although a later offset
@@ -92,6 +98,22 @@ def split_at(acked: list[int], floor: int | None) -> tuple[list[int], list[int]]
     return [o for o in acked if o < floor], [o for o in acked if o >= floor]
 
 
+def admit(offset: int, frontier: int, outstanding: Callable[[int, int], bool]) -> tuple[bool, int]:
+    """Whether a stream that applies its partition in offset order may apply ``offset`` now, and the
+    partition's new frontier (below it, every offset handed over is finished or applied).
+
+    Below the frontier: a redelivery of finished work, deduplicated downstream. At it: the next one.
+    Above it, with an offset in between handed over and not finished: Faust passed that one over
+    unprocessed (it is fetched again at the next commit), and applying this one first would apply
+    the partition out of order: a profile's offset check then skipped the late one for good. Above
+    it with none: a gap nothing was handed over for (transaction markers), passed."""
+    if offset < frontier:
+        return True, frontier
+    if offset > frontier and outstanding(frontier, offset):
+        return False, frontier
+    return True, offset + 1
+
+
 class InFlightSafeConsumer(aiokafka_driver.Consumer):
     """Faust's consumer, whose commits stop below the lowest offset handed to the streams and not
     processed, and which fetches again what Faust dropped unprocessed."""
@@ -100,6 +122,7 @@ class InFlightSafeConsumer(aiokafka_driver.Consumer):
         super().__init__(*args, **kwargs)
         self._delivered: defaultdict[TP, Delivered] = defaultdict(Delivered)
         self._refetched: dict[TP, tuple[int, float]] = {}
+        self._frontier: dict[TP, int] = {}
         deliver = self.callback
 
         async def on_message(message: Any) -> None:
@@ -113,6 +136,18 @@ class InFlightSafeConsumer(aiokafka_driver.Consumer):
         committed = self._committed_offset[tp]
         acked = self._acked_index[tp]
         return lambda offset: offset in acked or (committed is not None and offset < committed)
+
+    def in_order(self, message: Any) -> bool:
+        """Whether a stream that applies its partition in offset order (``admit``) may apply
+        ``message`` now. Called for each message it takes, in the order taken; one refused must be
+        left unacked (``stream.batching.Stream.hold``): its offset is fetched again after the one
+        passed over, and applied then."""
+        tp = message.tp
+        frontier = max(self._frontier.get(tp, 0), self._committed_offset[tp] or 0)
+        admitted, self._frontier[tp] = admit(
+            message.offset, frontier, lambda lo, hi: self._delivered[tp].outstanding(lo, hi, self._done(tp))
+        )
+        return admitted
 
     def _new_offset(self, tp: TP) -> int | None:
         acked = self._acked[tp]
@@ -197,6 +232,7 @@ class InFlightSafeConsumer(aiokafka_driver.Consumer):
         for tp in revoked:
             self._delivered.pop(tp, None)
             self._refetched.pop(tp, None)
+            self._frontier.pop(tp, None)
 
 
 class DrainingProducerBuffer(ProducerBuffer):

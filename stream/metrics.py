@@ -15,6 +15,7 @@ LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 class Metrics:
     registry: CollectorRegistry
     events: Counter
+    held_events: Counter
     invalid: Counter
     dead_letters: Counter
     queries: Counter
@@ -48,6 +49,12 @@ class Metrics:
         return cls(
             registry=r,
             events=Counter(f"{p}events", "Behaviour events applied to state", ["type"], registry=r),
+            held_events=Counter(
+                f"{p}held_events",
+                "Events left unapplied (and unacked) because an earlier one of their partition was passed "
+                "over unprocessed: applied in offset order once it is fetched again",
+                registry=r,
+            ),
             invalid=Counter(f"{p}invalid_events", "Messages that failed validation", ["topic"], registry=r),
             dead_letters=Counter(
                 f"{p}dead_letters", "Messages sent to the dead-letter topic", ["topic", "reason"], registry=r

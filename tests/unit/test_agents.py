@@ -16,17 +16,21 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from unittest import mock
 
 import numpy as np
 import orjson
 import pytest
+from faust.types import TP
+from faust.types.tuples import ConsumerMessage
 
+import stream.app
 from stream import runtime
 from stream.agents import erasure, events, items, maintenance, queries, topics
 from stream.agents import feedback as feedback_agent
 from stream.app import settings
+from stream.commits import InFlightSafeConsumer
 from stream.itemstats import BUCKET_S, ItemStats, decode_message
 from stream.profile import Profile
 from stream.records import (
@@ -260,6 +264,41 @@ async def test_redelivery_after_a_restart_is_skipped_exactly(outputs: Outputs) -
         for row in rows
     }
     assert new_ids == {f"e3-{user}"}
+
+
+async def test_an_event_after_one_passed_over_is_held_and_applied_in_order(outputs: Outputs) -> None:
+    # Faust handed offset 100 of this partition to the stream and the stream skipped it (as around
+    # a recovery): 101 must wait, unacked, until 100 is fetched again, or 100 would be applied after
+    # it and the profile's offset check would skip it.
+    user, a, b = fresh("u"), fresh("a"), fresh("b")
+    consumer = cast(InFlightSafeConsumer, stream.app.app.consumer)
+    tp = TP(settings.topic("events"), 7)
+    skipped = ConsumerMessage(tp.topic, tp.partition, 100, 0.0, 0, None, b"k", b"v", None)
+    consumer._delivered[tp].add(skipped)
+    held_before = runtime.metrics.held_events._value.get()
+    try:
+        async with events.ingest_events.test_context() as agent:
+            agent.sent_offset = 101
+            late = await agent.put(
+                value=event_bytes(f"b-{user}", user, b, "click", TS + 1), key=user.encode(), partition=7
+            )
+            await wait_for(lambda: runtime.metrics.held_events._value.get() == held_before + 1)
+            await settle()
+            assert stored_profile(user) is None
+            assert not late.message.acked  # a commit stops below it
+            agent.sent_offset = 100  # the seek back: 100 and 101 come again
+            for item, n in ((a, 0), (b, 1)):
+                await agent.put(
+                    value=event_bytes(f"{item[0]}-{user}", user, item, "click", TS + n),
+                    key=user.encode(),
+                    partition=7,
+                )
+            profile = await wait_for(lambda: (p := stored_profile(user)) and p.counts.get("click") == 2 and p)
+    finally:
+        consumer._delivered.pop(tp, None)
+        consumer._frontier.pop(tp, None)
+    assert [r.item_id for r in profile.recent_items] == [a, b]
+    assert profile.events_offset == 101
 
 
 async def test_refresh_on_click_is_debounced(outputs: Outputs) -> None:

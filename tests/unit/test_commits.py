@@ -16,7 +16,14 @@ from faust.types import TP
 from faust.types.tuples import ConsumerMessage
 from intervaltree import IntervalTree
 
-from stream.commits import REFETCH_AFTER_S, Delivered, DrainingProducerBuffer, InFlightSafeConsumer, split_at
+from stream.commits import (
+    REFETCH_AFTER_S,
+    Delivered,
+    DrainingProducerBuffer,
+    InFlightSafeConsumer,
+    admit,
+    split_at,
+)
 
 TOPIC = "queries"
 P0 = TP(TOPIC, 0)
@@ -40,6 +47,7 @@ def consumer(
     c._unacked_messages = {m for m in delivered if m.tracked}
     c._delivered = defaultdict(Delivered)
     c._refetched = {}
+    c._frontier = {}
     c._stopped = asyncio.Event()
     c._crashed = asyncio.Event()
     for m in delivered:
@@ -130,6 +138,47 @@ def test_done_messages_are_forgotten() -> None:
     delivered.forget_done(lambda o: o < 3)
     assert len(delivered) == 2
     assert delivered.floor(lambda o: False) == 3
+
+
+def test_admit_keeps_a_partition_in_offset_order() -> None:
+    nothing: Any = lambda lo, hi: False  # noqa: E731
+    held_back: Any = lambda lo, hi: lo <= 11 < hi  # noqa: E731  (11 handed over, not done)
+    assert admit(10, 10, nothing) == (True, 11)  # the next one
+    assert admit(7, 10, held_back) == (True, 10)  # a redelivery of finished work
+    assert admit(12, 11, held_back) == (False, 11)  # 11 was passed over: 12 waits for it
+    assert admit(11, 11, held_back) == (True, 12)  # 11 fetched again
+    assert admit(15, 12, nothing) == (True, 16)  # a gap nothing was handed over for
+
+
+def test_outstanding_looks_at_what_was_handed_over_and_not_done() -> None:
+    kept = [message(o, tracked=True) for o in (3, 5, 9)]
+    delivered = Delivered()
+    for m in kept:
+        delivered.add(m)
+    assert delivered.outstanding(4, 9, lambda o: False)  # 5
+    assert not delivered.outstanding(4, 9, lambda o: o == 5)
+    assert not delivered.outstanding(6, 9, lambda o: False)
+    assert delivered.outstanding(0, 10_000, lambda o: o != 9)  # a wide gap: scans the refs instead
+
+
+def test_an_event_after_one_passed_over_waits_until_that_one_comes_again() -> None:
+    # 21 was handed over and skipped by its stream (gone, never acked); 22 and 23 were taken.
+    first = [message(20, tracked=True), message(22, tracked=True), message(23, tracked=True)]
+    c = consumer(InFlightSafeConsumer, 20, [], [first[0], message(21), *first[1:]])
+    assert [c.in_order(m) for m in first] == [True, False, False]
+    # The seek back to 21 hands 21, 22, 23 over again: applied in order, then the stale 22 is a
+    # redelivery of finished work.
+    again = [message(o, tracked=True) for o in (21, 22, 23)]
+    for m in again:
+        c._delivered[P0].add(m)
+    assert [c.in_order(m) for m in again] == [True, True, True]
+    assert c.in_order(first[1])
+
+
+def test_a_gap_nothing_was_handed_over_for_is_passed() -> None:
+    taken = [message(30, tracked=True), message(33, tracked=True)]  # 31 and 32: transaction markers
+    c = consumer(InFlightSafeConsumer, None, [], taken)
+    assert [c.in_order(m) for m in taken] == [True, True]
 
 
 async def test_a_dropped_message_is_fetched_again() -> None:

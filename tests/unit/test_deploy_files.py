@@ -31,6 +31,7 @@ PENDING_FIELDS = {"worker_instance_id"} - set(Settings.model_fields)
 # The metrics the worker exports (name -> label names) and Triton's; `up` comes from Prometheus.
 WORKER_METRICS: dict[str, set[str]] = {
     "streamrec_events_total": {"type"},
+    "streamrec_held_events_total": set(),
     "streamrec_invalid_events_total": {"topic"},
     "streamrec_dead_letters_total": {"topic", "reason"},
     "streamrec_queries_total": set(),
