@@ -42,6 +42,9 @@ from typing import Any
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP
+from mode.services import WaitArgT, WaitResults
+
+from stream import eager
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +134,20 @@ class InFlightSafeConsumer(aiokafka_driver.Consumer):
             await deliver(message)
 
         self.callback = on_message
+
+    async def wait_first(self, *coros: WaitArgT, timeout: Any = None) -> WaitResults:  # noqa: ASYNC109 - Faust's signature
+        """Faust's, with the first coroutine's first step run at once (``stream.eager``). Faust's
+        fetcher is the only caller: per message, with the message's delivery and the flow-suspend
+        event. A delivery that finishes in that step (the common case: its queue has room) is done
+        without the four tasks and the ``asyncio.wait`` (~30 us a message); one that waits is
+        raced with the rest as before."""
+        first, *rest = coros
+        if asyncio.iscoroutine(first) and not (self._stopped.is_set() or self._crashed.is_set()):
+            finished, outcome = eager.start(first)
+            if finished:
+                return WaitResults([first], [outcome], False)
+            return await super().wait_first(outcome, *rest, timeout=timeout)
+        return await super().wait_first(*coros, timeout=timeout)
 
     def _done(self, tp: TP) -> Callable[[int], bool]:
         committed = self._committed_offset[tp]
