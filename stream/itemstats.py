@@ -230,12 +230,12 @@ def apply_rows(
     """``apply_message`` for rows as ``decode_message`` gives them (no objects per activity)."""
     if offset is not None and offset <= stats.offset:
         return stats
-    folded = _fold(stats, rows, window_s)
-    return folded if offset is None else replace(folded, offset=offset)
+    return _fold(stats, rows, window_s, offset)
 
 
-def _fold(stats: ItemStats, rows: Iterable[Row], window_s: float) -> ItemStats:
-    """Activities applied in order, on working copies made once (the hot path of item statistics)."""
+def _fold(stats: ItemStats, rows: Iterable[Row], window_s: float, offset: int | None = None) -> ItemStats:
+    """Activities applied in order, on working copies made once (the hot path of item statistics);
+    ``offset`` (when given) becomes the last applied one, replays or not."""
     # The last MAX_SEEN ids in order, and as a set for the check each row makes.
     seen = deque(stats.seen)
     seen_set = set(seen)
@@ -271,10 +271,12 @@ def _fold(stats: ItemStats, rows: Iterable[Row], window_s: float) -> ItemStats:
             keep.sort(key=counts.__getitem__, reverse=True)
             cooc = {k: counts[k] for k in keep[:MAX_NEIGHBORS]}
             near = {k: v for k, v in near.items() if k in cooc}
-    if near is None or cooc is None:
-        return stats  # every activity was a replay
+    last = stats.offset if offset is None else offset
+    if near is None or cooc is None:  # every activity was a replay
+        return stats if last == stats.offset else replace(stats, offset=last)
     return replace(
         stats,
+        offset=last,
         total=total,
         buckets=buckets if buckets is not None else stats.buckets,
         near=near,
