@@ -145,6 +145,11 @@ class InFlightSafeConsumer(aiokafka_driver.Consumer):
         if asyncio.iscoroutine(first) and not (self._stopped.is_set() or self._crashed.is_set()):
             finished, outcome = eager.start(first)
             if finished:
+                for unused in rest:
+                    # The flow-suspend wait, made by the caller and never started: closed, it does
+                    # not warn "never awaited" (a warning per message).
+                    if asyncio.iscoroutine(unused):
+                        unused.close()
                 return WaitResults([first], [outcome], False)
             return await super().wait_first(outcome, *rest, timeout=timeout)
         return await super().wait_first(*coros, timeout=timeout)

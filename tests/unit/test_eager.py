@@ -4,6 +4,7 @@ per-message hand-over that uses it (stream.commits.InFlightSafeConsumer.wait_fir
 from __future__ import annotations
 
 import asyncio
+import inspect
 from typing import Any
 
 import pytest
@@ -119,8 +120,11 @@ async def test_a_delivery_that_does_not_wait_is_handed_over_without_a_task() -> 
         log.append(f"m{n}")
 
     for n in range(3):
-        result = await c.wait_first(deliver(n), suspend_flow.wait())
+        suspended = suspend_flow.wait()
+        result = await c.wait_first(deliver(n), suspended)
         assert not result.stopped and result.results == [None]
+        # Never started, and closed: left unawaited, each would warn once it is collected.
+        assert inspect.getcoroutinestate(suspended) == inspect.CORO_CLOSED
     assert log == ["m0", "m1", "m2"]
     assert started == [tasks_before] * 3  # ran in the caller: Faust's race made four tasks a message
     assert len(asyncio.all_tasks()) == tasks_before
