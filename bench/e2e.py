@@ -377,6 +377,11 @@ def _terminate(proc: subprocess.Popen[str]) -> None:
 def ingest_only(base: Settings, events: int) -> dict[str, float]:
     """Events/s one worker applies to state, with the events already in the topic when it starts.
 
+    ``events_per_s`` counts an event once all the state it changes is written: its user's profile
+    and the statistics of every item it pairs (the item-activity rows the event agent sent, all
+    folded). ``profiles_events_per_s`` is the event agent alone, the figure reported before the
+    thirteenth session: it finishes a backlog long before the item statistics do.
+
     The catalog is ingested and embedded by a first run of the worker, which then stops: otherwise
     the encoder's CPU (Triton, same two cores) and the item agent would be measured too. The events
     are published while no worker runs, and a restarted worker (same state) applies them. The same
@@ -397,26 +402,48 @@ def ingest_only(base: Settings, events: int) -> dict[str, float]:
     asyncio.run(publish_stream(settings, replay.stream))
     worker = WorkerProcess(env, log).start()
     try:
-        worker.wait_ready(timeout_s=120)
-        first = None
-        while True:
-            applied = metric_value(worker.metrics(), "streamrec_events_total")
+        # Read from the worker's first answer on, not from /ready: a backlog's first few thousand
+        # events are applied before /ready says so, and the rate must not start in the middle.
+        first: tuple[float, float, float] | None = None  # (time, events applied, worker CPU s)
+        profiles_done: float | None = None
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if not worker.alive():
+                raise RuntimeError(f"the worker exited while applying the events:\n{worker.tail()}")
+            text = worker.metrics()
             now = time.monotonic()
+            applied = metric_value(text, "streamrec_events_total") if text else 0.0
             if applied > 0 and first is None:
-                first = (now, applied)
-            if applied >= events:
+                first = (now, applied, proc_usage(worker.proc.pid)[0] if worker.proc else 0.0)
+            if applied >= events and profiles_done is None:
+                profiles_done = now
+            # The item statistics lag the profiles: a backlog's events are all applied to profiles
+            # before most of their item activity is folded (the two agents share one event loop).
+            rows = {
+                stage: metric_value(text, "streamrec_item_activity_rows_total", {"stage": stage})
+                for stage in ("sent", "applied")
+            }
+            if profiles_done is not None and rows["applied"] >= rows["sent"] > 0:
                 break
             time.sleep(0.05)
-        assert first is not None
+        else:
+            raise TimeoutError("the worker did not apply the events to all its state in 10 minutes")
+        assert first is not None and profiles_done is not None
         cpu_s, rss_mb = proc_usage(worker.proc.pid) if worker.proc else (0.0, 0.0)
-        rate = (applied - first[1]) / max(now - first[0], 1e-6)
+        counted = max(events - first[1], 1.0)
+        profiles_rate = counted / max(profiles_done - first[0], 1e-6)
+        rate = counted / max(now - first[0], 1e-6)
+        cpu_us_per_event = (cpu_s - first[2]) * 1e6 / counted
     finally:
         worker.stop()
     raw = asyncio.run(consume_rate(settings, events, parse_records=False))
     parsed = asyncio.run(consume_rate(settings, events, parse_records=True))
     return {
         "events_per_s": rate,
+        "profiles_events_per_s": profiles_rate,
+        "item_activity_rows": rows["sent"],
         "worker_cpu_s": cpu_s,
+        "worker_cpu_us_per_event": cpu_us_per_event,
         "worker_rss_mb": rss_mb,
         "raw_consume_per_s": raw,
         "consume_parse_per_s": parsed,

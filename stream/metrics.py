@@ -16,6 +16,7 @@ class Metrics:
     registry: CollectorRegistry
     events: Counter
     held_events: Counter
+    item_activity_rows: Counter
     invalid: Counter
     dead_letters: Counter
     queries: Counter
@@ -53,6 +54,14 @@ class Metrics:
                 f"{p}held_events",
                 "Events left unapplied (and unacked) because an earlier one of their partition was passed "
                 "over unprocessed: applied in offset order once it is fetched again",
+                registry=r,
+            ),
+            # Sent minus applied is the item statistics' backlog in rows: a worker can have applied a
+            # backlog's events to profiles long before their item statistics catch up.
+            item_activity_rows=Counter(
+                f"{p}item_activity_rows",
+                "Item-activity rows: sent by the event agent, and folded into item statistics (replays included)",
+                ["stage"],
                 registry=r,
             ),
             invalid=Counter(f"{p}invalid_events", "Messages that failed validation", ["topic"], registry=r),

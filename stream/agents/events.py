@@ -46,6 +46,7 @@ async def ingest_events(stream: Any) -> None:
         # Fold each user's events in order, then write each touched profile once per batch.
         touched: dict[str, tuple[Any, Profile]] = {}
         outcomes: list[tuple[Any, Event]] = []
+        sent = 0
         for event, record in valid(batch, Event, key_field="user_id"):
             outcomes.append((event, record))
             with event_context(event):
@@ -62,7 +63,9 @@ async def ingest_events(stream: Any) -> None:
                 continue
             touched[record.user_id] = (event, after)
             metrics.events.labels(type=record.type).inc()
-            for item_id, row in activity_rows(before, record.event_id, record.item_id, record.ts):
+            rows = activity_rows(before, record.event_id, record.item_id, record.ts)
+            sent += len(rows)
+            for item_id, row in rows:
                 activities[item_id].append(row)
             if settings.refresh_on_event and record.type in REFRESH_TYPES:
                 _maybe_refresh(record)
@@ -72,6 +75,8 @@ async def ingest_events(stream: Any) -> None:
         apply_outcomes(outcomes)
         for partition, packed in pack_by_partition(activities, item_activity_topic.partitions):
             item_activity_topic.send_soon(value=orjson.dumps(packed), partition=partition)
+        if sent:
+            metrics.item_activity_rows.labels(stage="sent").inc(sent)
 
 
 def in_offset_order(stream: Stream, batch: Sequence[Any]) -> list[Any]:

@@ -14,7 +14,7 @@ from stream.app import app, settings
 from stream.context import event_context
 from stream.itemstats import ItemStats, MalformedActivity, Row, apply_rows, decode_message
 from stream.records import InvalidMessage, Item, parse
-from stream.runtime import ranker_client
+from stream.runtime import metrics, ranker_client
 from stream.tables import item_stats, item_vectors, items
 from stream.text import item_text
 from stream.topics import key_partition
@@ -76,8 +76,10 @@ async def apply_item_activity(stream: Any) -> None:
     """Folds activities into per-item statistics, writing each touched item once per batch."""
     async for batch in stream.take_events(2000, within=0.5):
         touched: dict[str, tuple[Any, ItemStats]] = {}
+        applied = 0
         for event in batch:
             for item_id, rows in _activities(event).items():
+                applied += len(rows)
                 if item_id in touched:
                     current = touched[item_id][1]
                 else:
@@ -89,6 +91,8 @@ async def apply_item_activity(stream: Any) -> None:
         for item_id, (event, stats) in touched.items():
             with event_context(event):
                 item_stats[item_id] = stats.to_dict()
+        if applied:
+            metrics.item_activity_rows.labels(stage="applied").inc(applied)
 
 
 def _activities(event: Any) -> dict[str, list[Row]]:

@@ -150,6 +150,8 @@ def activities_sent(outputs: Outputs) -> dict[str, list[dict[str, Any]]]:
 async def test_events_update_the_profile_and_emit_item_activity(outputs: Outputs) -> None:
     user, a, b = fresh("u"), fresh("a"), fresh("b")
     runtime.catalog.upsert(Item(item_id=a, title="A", categories=["Drama"], updated_at=TS))
+    rows_sent = runtime.metrics.item_activity_rows.labels(stage="sent")
+    sent_before = rows_sent._value.get()
     try:
         async with events.ingest_events.test_context() as agent:
             await agent.put(value=event_bytes("e1-" + user, user, a, "view", TS), key=user.encode())
@@ -170,6 +172,7 @@ async def test_events_update_the_profile_and_emit_item_activity(outputs: Outputs
     assert [(x["activity_id"], x["count"], x["co_items"]) for x in sent[b]] == [
         ("e2-" + user, True, [[a, 1]])
     ]
+    assert rows_sent._value.get() - sent_before == 3
     assert outputs["dead-letters"] == []
 
 
@@ -631,6 +634,8 @@ async def test_packed_item_activity_folds_each_item_and_a_stray_item_is_dead_let
         stray = fresh("z")
     partition = key_partition(x.encode(), n)
     packed = {x: [["p1", TS, True, [[y, 1]]]], y: [["p1", TS, False, [[x, 1]]]]}
+    rows_applied = runtime.metrics.item_activity_rows.labels(stage="applied")
+    applied_before = rows_applied._value.get()
     async with items.apply_item_activity.test_context() as agent:
         await agent.put(value=orjson.dumps(packed), partition=partition)
         await agent.put(value=orjson.dumps(packed), partition=partition)  # sent twice: caught by its id
@@ -642,6 +647,8 @@ async def test_packed_item_activity_folds_each_item_and_a_stray_item_is_dead_let
     assert (got_y.total, got_y.cooc) == (0, {x: 1.0})
     assert repr(stray) in letter.reason and f"partition {partition}" in letter.reason
     assert item_stats.get(stray) is None
+    # Both copies' rows went through the fold (the second changed nothing); the stray's none.
+    assert rows_applied._value.get() - applied_before == 4
 
 
 # --- the item view and the maintenance timers ------------------------------------------------------------
