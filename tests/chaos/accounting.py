@@ -1,5 +1,6 @@
-"""Exact accounting of a chaos scenario: queries sent vs recommendations received, and the profiles
-changelog vs the pure fold of every event and query in the topics."""
+"""Exact accounting of a chaos scenario: queries sent vs recommendations received, the profiles
+changelog vs the pure fold of every event and query in the topics, and the item-stats changelog vs
+the fold of the item-activity topic."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from aiokafka.partitioner import murmur2
 from stream.records import Item, Query
 from stream.settings import Settings
 from tests.support.stack import read_json_topic, read_topic
-from tests.support.state import changelog_state, divergence, expected_profiles
+from tests.support.state import changelog_state, divergence, expected_item_stats, expected_profiles
 from workers.kafka_clients import client_kwargs, producer
 
 REPORT_ENV = "STREAMREC_CHAOS_REPORT"
@@ -34,6 +35,7 @@ COLUMNS = (
     "duplicates",
     "missing",
     "divergent users",
+    "divergent items",
     "fallback",
     "recovery (s)",
     "recovery measured",
@@ -56,6 +58,9 @@ class Accounting:
     recovery_what: str = ""
     max_answers: int = 0
     notes: dict[str, Any] = field(default_factory=dict)
+    # Rows recorded before the item statistics were accounted for (the sixth session's) have neither.
+    stat_items: int = 0
+    divergent_items: int = 0
 
     @property
     def duplicates(self) -> int:
@@ -71,6 +76,7 @@ class Accounting:
             self.duplicates,
             self.missing,
             f"{self.divergent} of {self.users}",
+            f"{self.divergent_items} of {self.stat_items}",
             self.fallback,
             recovery,
             self.recovery_what,
@@ -143,10 +149,15 @@ def account(
     expected = expected_profiles(settings, items)
     wait_until(lambda: changelog_state(settings, "profiles") == expected, state_timeout_s, interval_s=1.5)
     diverging = divergence(changelog_state(settings, "profiles"), expected)
+    expected_stats = expected_item_stats(settings)
+    wait_until(lambda: changelog_state(settings, "item-stats") == expected_stats, state_timeout_s, 1.5)
+    diverging_items = divergence(changelog_state(settings, "item-stats"), expected_stats)
     ours = [a for a in answers(settings) if a["request_id"] in sent_ids]
     counts = Counter(a["request_id"] for a in ours)
     if diverging:
         notes["first_divergent"] = dict(list(diverging.items())[:2])
+    if diverging_items:
+        notes["first_divergent_items"] = dict(list(diverging_items.items())[:2])
     most = max(counts.values(), default=0)
     if most > 1:
         # When each answer of the most-answered request was produced tells a crash's replay apart
@@ -168,6 +179,8 @@ def account(
         missing=len(missing),
         users=len(set(expected) | set(changelog_state(settings, "profiles"))),
         divergent=len(diverging),
+        stat_items=len(set(expected_stats) | set(changelog_state(settings, "item-stats"))),
+        divergent_items=len(diverging_items),
         fallback=sum(1 for a in ours if a["fallback"]),
         recovery_s=recovery_s,
         recovery_what=recovery_what,

@@ -109,5 +109,6 @@ def test_disk_full_mid_replay_stops_the_worker_and_loses_nothing(
     assert declared is not None and status == int(declared.group(1)) != 0, (status, worker.tail())
     assert result.missing == 0, result.to_json()
     assert result.divergent == 0, result.to_json()
+    assert result.divergent_items == 0, result.to_json()
     assert result.max_answers <= MAX_ANSWERS_AFTER_ONE_CRASH, result.to_json()
     assert result.recovery_s is not None and result.recovery_s < RECOVERY_TARGET_S, result.to_json()

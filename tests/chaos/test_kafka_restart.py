@@ -62,6 +62,7 @@ def test_broker_restart_mid_replay(
     assert worker.alive(), f"the worker survives a broker restart:\n{worker.tail()}"
     assert result.missing == 0, result.to_json()
     assert result.divergent == 0, result.to_json()
+    assert result.divergent_items == 0, result.to_json()
     # docs/guarantees.md: no worker crashed, so exactly one recommendation per request.
     assert result.duplicates == 0, result.to_json()
     assert result.recovery_s is not None and result.recovery_s < RECOVERY_TARGET_S, result.to_json()

@@ -131,5 +131,6 @@ def _assert_no_loss(result: Accounting) -> None:
     assert result.missing == 0, result.to_json()
     assert result.duplicates == 0, result.to_json()
     assert result.divergent == 0, result.to_json()
+    assert result.divergent_items == 0, result.to_json()
     assert result.fallback > 0, f"the fault was felt: {result}"
     assert result.recovery_s is not None and result.recovery_s < RANKING_RESUMES_S, result.to_json()

@@ -58,6 +58,7 @@ def test_kill_9_mid_replay_and_restart(
     )
     assert result.missing == 0, result.to_json()
     assert result.divergent == 0, result.to_json()
+    assert result.divergent_items == 0, result.to_json()
     assert result.max_answers <= MAX_ANSWERS_AFTER_ONE_CRASH, result.to_json()
     assert result.recovery_s is not None and result.recovery_s < RECOVERY_TARGET_S, result.to_json()
 
@@ -106,5 +107,6 @@ def test_two_workers_kill_9_one_and_the_other_takes_over(
     assert first.alive() and not second.alive()
     assert result.missing == 0, result.to_json()
     assert result.divergent == 0, result.to_json()
+    assert result.divergent_items == 0, result.to_json()
     assert result.max_answers <= MAX_ANSWERS_AFTER_TAKEOVER, result.to_json()
     assert result.recovery_s is not None and result.recovery_s < RECOVERY_TARGET_S, result.to_json()

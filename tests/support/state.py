@@ -6,6 +6,9 @@ import asyncio
 import json
 from typing import Any
 
+import orjson
+
+from stream.itemstats import ItemStats, MalformedActivity, apply_rows, decode_message
 from stream.profile import Profile, record_query, update_profile
 from stream.records import Event, Item, Query
 from stream.settings import Settings
@@ -33,6 +36,23 @@ def expected_profiles(settings: Settings, items: dict[str, Item]) -> dict[str, d
         before = profiles.get(query.user_id) or Profile(user_id=query.user_id)
         profiles[query.user_id] = record_query(before, query.text, query.ts)
     return {u: p.to_dict() for u, p in profiles.items()}
+
+
+def expected_item_stats(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The fold of the ``item-activity`` topic, each partition in offset order, as the item agent
+    folds it (a message at or below an item's last applied offset, or an activity id it has seen,
+    changes nothing): what the ``item-stats`` changelog must hold after any fault."""
+    stats: dict[str, ItemStats] = {}
+    messages = asyncio.run(read_topic(settings, settings.topic("item-activity")))
+    for msg in sorted(messages, key=lambda m: (m.partition, m.offset)):
+        try:
+            by_item = decode_message(msg.key, orjson.loads(msg.value or b"[]"))
+        except (orjson.JSONDecodeError, MalformedActivity):
+            continue  # dead-lettered by the agent, applied nowhere
+        for item_id, rows in by_item.items():
+            current = stats.get(item_id) or ItemStats(item_id)
+            stats[item_id] = apply_rows(current, rows, settings.trending_window_s, msg.offset)
+    return {item_id: s.to_dict() for item_id, s in stats.items()}
 
 
 def divergence(actual: dict[str, Any], expected: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
