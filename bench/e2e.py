@@ -377,10 +377,12 @@ def _terminate(proc: subprocess.Popen[str]) -> None:
 def ingest_only(base: Settings, events: int) -> dict[str, float]:
     """Events/s one worker applies to state, with the events already in the topic when it starts.
 
-    ``events_per_s`` counts an event once all the state it changes is written: its user's profile
+    ``events_per_s`` counts an event once all the state it changes is applied: its user's profile
     and the statistics of every item it pairs (the item-activity rows the event agent sent, all
-    folded). ``profiles_events_per_s`` is the event agent alone, the figure reported before the
-    thirteenth session: it finishes a backlog long before the item statistics do.
+    folded; their table writes, and so every worker's item view, follow within
+    ``item_stats_write_delay_s``: stream/writebehind.py). ``profiles_events_per_s`` is the event
+    agent alone, the figure reported before the thirteenth session: it finishes a backlog long
+    before the item statistics do.
 
     The catalog is ingested and embedded by a first run of the worker, which then stops: otherwise
     the encoder's CPU (Triton, same two cores) and the item agent would be measured too. The events

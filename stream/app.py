@@ -8,10 +8,12 @@ import ssl
 from typing import Any
 
 import faust
+from faust.types import TP
 
 from stream.batching import Stream
 from stream.commits import SafeTransport
 from stream.settings import Settings, get_settings
+from stream.writebehind import WriteBehind
 
 
 def credentials(settings: Settings) -> Any:
@@ -42,8 +44,18 @@ AGENT_CRASH_EXIT = 70
 
 class App(faust.App):
     """The Faust app: commits that cover only finished work, an idempotent producer (outputs and
-    changelogs) (stream.commits), and a worker that stops rather than skip a batch an agent
-    failed on."""
+    changelogs) (stream.commits), commits held below table writes still pending (stream.writebehind),
+    and a worker that stops rather than skip a batch an agent failed on."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Table values folded and not yet written: commits stay below what changed them.
+        self.write_behind: list[WriteBehind[Any]] = []
+
+    def commit_floor(self, tp: TP) -> int | None:
+        """The lowest offset of ``tp`` whose effects are not all written (stream.writebehind)."""
+        floors = [f for pending in self.write_behind if (f := pending.floor(tp)) is not None]
+        return min(floors, default=None)
 
     def _new_transport(self) -> Any:
         return SafeTransport(self.conf.broker_consumer, self)
@@ -56,15 +68,18 @@ class App(faust.App):
         that raised once its generator is closed: the batch's events are silently lost (seen with
         a full disk: RocksDB ``put`` failing mid-batch). Exiting here, before anything else runs on
         the event loop, leaves their offsets uncommitted, so a restarted worker processes them."""
-        log.critical(
-            "agent %s crashed: %r; exiting with status %d so that its batch is processed again "
-            "after a restart",
-            agent.name,
-            exc,
-            AGENT_CRASH_EXIT,
-        )
-        logging.shutdown()
-        os._exit(AGENT_CRASH_EXIT)
+        exit_for_restart(f"agent {agent.name} crashed: {exc!r}")
+
+
+def exit_for_restart(cause: str) -> None:
+    """Stop the worker at once, before a commit can pass what it was doing (``AGENT_CRASH_EXIT``)."""
+    log.critical(
+        "%s; exiting with status %d so that its batch is processed again after a restart",
+        cause,
+        AGENT_CRASH_EXIT,
+    )
+    logging.shutdown()
+    os._exit(AGENT_CRASH_EXIT)
 
 
 class Worker(faust.Worker):
@@ -78,7 +93,7 @@ class Worker(faust.Worker):
         logger.setLevel(level)
 
 
-def create_app(settings: Settings) -> faust.App:
+def create_app(settings: Settings) -> App:
     datadir = settings.run_dir / "workers" / settings.worker_instance_id
     datadir.parent.mkdir(parents=True, exist_ok=True)
     return App(

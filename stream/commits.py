@@ -26,6 +26,9 @@ docs/reliability.md, fourth session):
   for committed messages were still in the buffer, and a ``kill -9`` lost them. Here a flush returns
   once everything buffered before it has been handed to aiokafka, whose own flush then waits for the
   broker's acknowledgement (``acks=all``).
+
+A commit also stops below a message whose effects are folded but not yet written to their table
+(``stream.writebehind``, ``App.commit_floor``).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import time
 import weakref
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.transport.producer import ProducerBuffer
@@ -173,7 +176,8 @@ class InFlightSafeConsumer(aiokafka_driver.Consumer):
 
     def _new_offset(self, tp: TP) -> int | None:
         acked = self._acked[tp]
-        now, held = split_at(acked, self._delivered[tp].floor(self._done(tp)))
+        floors = (self._delivered[tp].floor(self._done(tp)), cast(Any, self.app).commit_floor(tp))
+        now, held = split_at(acked, min((f for f in floors if f is not None), default=None))
         if not held:
             return super()._new_offset(tp)
         # Faust's own rules (gaps, the committed head) apply to what may be committed now; the held

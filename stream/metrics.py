@@ -17,6 +17,8 @@ class Metrics:
     events: Counter
     held_events: Counter
     item_activity_rows: Counter
+    item_stats_pending: Gauge
+    item_stats_writes: Counter
     invalid: Counter
     dead_letters: Counter
     queries: Counter
@@ -62,6 +64,16 @@ class Metrics:
                 f"{p}item_activity_rows",
                 "Item-activity rows: sent by the event agent, and folded into item statistics (replays included)",
                 ["stage"],
+                registry=r,
+            ),
+            item_stats_pending=Gauge(
+                f"{p}item_stats_pending",
+                "Items whose statistics are folded and not yet written (each written item_stats_write_delay_s after it changes)",
+                registry=r,
+            ),
+            item_stats_writes=Counter(
+                f"{p}item_stats_writes",
+                "Item statistics written to their table (and its changelog)",
                 registry=r,
             ),
             invalid=Counter(f"{p}invalid_events", "Messages that failed validation", ["topic"], registry=r),

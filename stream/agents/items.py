@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from stream.agents.topics import dead_letter, item_activity_topic, items_topic
-from stream.app import app, settings
+from stream.app import app, exit_for_restart, settings
 from stream.context import event_context
 from stream.itemstats import ItemStats, MalformedActivity, Row, apply_rows, decode_message
 from stream.records import InvalidMessage, Item, parse
@@ -18,6 +18,7 @@ from stream.runtime import metrics, ranker_client
 from stream.tables import item_stats, item_vectors, items
 from stream.text import item_text
 from stream.topics import key_partition
+from stream.writebehind import WriteBehind
 from workers.ranker_client import RankerUnavailable
 
 log = logging.getLogger(__name__)
@@ -71,28 +72,65 @@ async def _embed(changed: list[tuple[Any, Item]]) -> None:
             }
 
 
+def _write_stats(event: Any, item_id: str, stats: ItemStats) -> None:
+    with event_context(event):
+        item_stats[item_id] = stats.to_dict()
+    metrics.item_stats_writes.inc()
+
+
+# Folded statistics, written a while after their first change: a hot item once per delay instead
+# of once per batch; the offset commits wait for them (stream/writebehind.py).
+pending_stats: WriteBehind[ItemStats] = WriteBehind(_write_stats, settings.item_stats_write_delay_s)
+app.write_behind.append(pending_stats)
+metrics.item_stats_pending.set_function(lambda: len(pending_stats))
+
+
+def write_due_stats(now: float) -> None:
+    pending_stats.write_due(now, settings.item_stats_writes_per_batch, settings.item_stats_pending_max)
+
+
+# mode's handler type (mypy_extensions' VarArg) is met by no function, its own handlers included.
+@app.on_partitions_revoked.connect  # type: ignore[arg-type]
+async def forget_revoked_stats(sender: Any, *args: Any, **kwargs: Any) -> None:
+    """Pending statistics of revoked partitions (the signal's argument): no commit covered what
+    changed them, so the partitions' next owner folds it again."""
+    (revoked,) = args
+    pending_stats.drop(revoked)
+
+
+@app.timer(interval=max(settings.item_stats_write_delay_s / 2, 0.1))
+async def write_idle_stats() -> None:
+    """Statistics left pending when no batch comes: written all the same, and the commits go on
+    (not while a rebalance hands partitions over: those revoked are dropped at its end)."""
+    if app.rebalancing:
+        return
+    try:
+        write_due_stats(time.monotonic())
+    except Exception as exc:
+        exit_for_restart(f"writing item statistics failed: {exc!r}")
+
+
 @app.agent(item_activity_topic)
 async def apply_item_activity(stream: Any) -> None:
-    """Folds activities into per-item statistics, writing each touched item once per batch."""
+    """Folds activities into per-item statistics, written a while later (``pending_stats``)."""
     async for batch in stream.take_events(2000, within=0.5):
-        touched: dict[str, tuple[Any, ItemStats]] = {}
         applied = 0
+        now = time.monotonic()
         for event in batch:
             for item_id, rows in _activities(event).items():
                 applied += len(rows)
-                if item_id in touched:
-                    current = touched[item_id][1]
-                else:
+                current = pending_stats.get(item_id)
+                if current is None:
                     with event_context(event):
                         stored: Any = item_stats.get(item_id)
                     current = ItemStats.from_dict(stored) if stored else ItemStats(item_id)
+                # A redelivery changes nothing but is written too: after a crash the local store can
+                # be ahead of the changelog, and only a write sends the value again.
                 updated = apply_rows(current, rows, settings.trending_window_s, event.message.offset)
-                touched[item_id] = (event, updated)
-        for item_id, (event, stats) in touched.items():
-            with event_context(event):
-                item_stats[item_id] = stats.to_dict()
+                pending_stats.put(item_id, event, updated, now)
         if applied:
             metrics.item_activity_rows.labels(stage="applied").inc(applied)
+        write_due_stats(time.monotonic())
 
 
 def _activities(event: Any) -> dict[str, list[Row]]:

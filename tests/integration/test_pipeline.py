@@ -142,6 +142,16 @@ def test_replayed_slice_is_answered_once_each_and_bad_input_is_dead_lettered(
     assert metric_value(worker.metrics(), "streamrec_dead_letters_total") == len(MALFORMED)
 
 
+def item_stats_written(worker: WorkerProcess) -> bool:
+    """Every item-activity row the worker sent is folded, and no folded statistics wait to be written."""
+    text = worker.metrics()
+    rows = {
+        stage: metric_value(text, "streamrec_item_activity_rows_total", {"stage": stage})
+        for stage in ("sent", "applied")
+    }
+    return rows["applied"] >= rows["sent"] > 0 and metric_value(text, "streamrec_item_stats_pending") == 0
+
+
 def test_purchased_items_are_never_recommended(
     env: dict[str, str], isolated: Settings, tmp_path: Path, worker_factory: list[WorkerProcess]
 ) -> None:
@@ -155,6 +165,9 @@ def test_purchased_items_are_never_recommended(
         timeout_s=90,
         what="all events applied",
     )
+    # The item statistics follow the profiles: folded once their rows come through item-activity,
+    # written to the table (and the item view) a couple of seconds later (stream/writebehind.py).
+    wait_for(lambda: item_stats_written(worker), timeout_s=60, what="item statistics written")
     purchased: dict[str, set[str]] = {}
     for event in replay.stream:
         purchased.setdefault(event.user_id, set()).add(event.item_id)

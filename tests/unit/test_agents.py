@@ -613,6 +613,7 @@ async def test_item_activity_folds_into_item_stats_idempotently(outputs: Outputs
         await agent.put(value=batch1, key=x.encode())  # replayed
         await agent.put(value=b"not json", key=x.encode())
         await wait_for(outputs.dead_letters)
+        items.pending_stats.flush()
         stats = await wait_for(lambda: (raw := item_stats.get(x)) and ItemStats.from_dict(raw))
     assert stats.total == 2
     assert stats.cooc == {y: 2.0}
@@ -641,6 +642,7 @@ async def test_packed_item_activity_folds_each_item_and_a_stray_item_is_dead_let
         await agent.put(value=orjson.dumps(packed), partition=partition)  # sent twice: caught by its id
         await agent.put(value=orjson.dumps({stray: [["p2", TS, True, []]]}), partition=partition)
         [letter] = await wait_for(outputs.dead_letters)
+        items.pending_stats.flush()
         got_x = await wait_for(lambda: (raw := item_stats.get(x)) and ItemStats.from_dict(raw))
         got_y = await wait_for(lambda: (raw := item_stats.get(y)) and ItemStats.from_dict(raw))
     assert (got_x.total, got_x.cooc) == (1, {y: 1.0})
@@ -649,6 +651,65 @@ async def test_packed_item_activity_folds_each_item_and_a_stray_item_is_dead_let
     assert item_stats.get(stray) is None
     # Both copies' rows went through the fold (the second changed nothing); the stray's none.
     assert rows_applied._value.get() - applied_before == 4
+
+
+def pending_gauge() -> float | None:
+    return runtime.metrics.registry.get_sample_value("streamrec_item_stats_pending")
+
+
+async def test_item_statistics_are_written_a_delay_after_they_change_and_hold_the_commit(
+    outputs: Outputs,
+) -> None:
+    n = topics.item_activity_topic.partitions
+    x, y, z = fresh("x"), fresh("y"), fresh("z")
+    tp = TP(topics.item_activity_topic.get_topic_name(), key_partition(x.encode(), n))
+    writes = runtime.metrics.item_stats_writes._value
+    writes_before = writes.get()
+    async with items.apply_item_activity.test_context() as agent:
+        await agent.put(value=orjson.dumps({x: [["w1", TS, True, [[y, 1]]]]}), partition=tp.partition)
+        first = await wait_for(lambda: items.pending_stats.get(x))
+        assert item_stats.get(x) is None  # folded, not written yet
+        assert pending_gauge() >= 1
+        floor = stream.app.app.commit_floor(tp)
+        assert floor is not None  # a commit stays below the message that changed it
+        await agent.put(value=orjson.dumps({x: [["w2", TS, True, [[z, 9]]]]}), partition=tp.partition)
+        # The second message folds onto the pending value: the table still holds nothing.
+        second = await wait_for(lambda: (s := items.pending_stats.get(x)) is not first and s)
+        assert stream.app.app.commit_floor(tp) == floor  # its first unwritten change still counts
+        items.write_due_stats(time.monotonic() + settings.item_stats_write_delay_s)
+    assert (second.total, second.cooc, second.near) == (2, {y: 1.0, z: 1.0}, {y: 1.0})
+    assert ItemStats.from_dict(item_stats.get(x)) == second
+    assert items.pending_stats.get(x) is None
+    assert writes.get() - writes_before >= 1
+
+
+async def test_item_statistics_past_the_pending_bound_are_written_with_their_batch(outputs: Outputs) -> None:
+    x, y = fresh("x"), fresh("y")
+    patched = settings.model_copy(update={"item_stats_pending_max": 0})
+    with mock.patch.object(items, "settings", patched):
+        async with items.apply_item_activity.test_context() as agent:
+            await agent.put(value=orjson.dumps([["b1", TS, True, [[y, 1]]]]), key=x.encode())
+            raw = await wait_for(lambda: item_stats.get(x))
+    assert ItemStats.from_dict(raw).total == 1
+    assert items.pending_stats.get(x) is None
+
+
+async def test_pending_item_statistics_of_revoked_partitions_are_forgotten(outputs: Outputs) -> None:
+    n = topics.item_activity_topic.partitions
+    x, y = fresh("x"), fresh("y")
+    while key_partition(y.encode(), n) == key_partition(x.encode(), n):
+        y = fresh("y")
+    px, py = key_partition(x.encode(), n), key_partition(y.encode(), n)
+    async with items.apply_item_activity.test_context() as agent:
+        await agent.put(value=orjson.dumps({x: [["r1", TS, True, []]]}), partition=px)
+        await agent.put(value=orjson.dumps({y: [["r2", TS, True, []]]}), partition=py)
+        await wait_for(lambda: items.pending_stats.get(x) and items.pending_stats.get(y))
+        topic = topics.item_activity_topic.get_topic_name()
+        await stream.app.app.on_partitions_revoked.send({TP(topic, px)})
+    assert items.pending_stats.get(x) is None  # its next owner folds its messages again
+    assert items.pending_stats.get(y) is not None
+    items.pending_stats.flush()
+    assert item_stats.get(x) is None and ItemStats.from_dict(item_stats.get(y)).total == 1
 
 
 # --- the item view and the maintenance timers ------------------------------------------------------------

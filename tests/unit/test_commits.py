@@ -36,10 +36,16 @@ def message(offset: int, tp: TP = P0, *, tracked: bool = False) -> ConsumerMessa
 
 
 def consumer(
-    cls: type[Any], committed: int | None, acked: list[int], delivered: list[ConsumerMessage]
+    cls: type[Any],
+    committed: int | None,
+    acked: list[int],
+    delivered: list[ConsumerMessage],
+    commit_floor: int | None = None,
 ) -> Any:
-    """Just the commit bookkeeping of Faust's consumer: no transport, no broker."""
+    """Just the commit bookkeeping of Faust's consumer: no transport, no broker. ``commit_floor``:
+    the app's lowest offset with effects not yet written (stream.writebehind)."""
     c = object.__new__(cls)
+    c.app = SimpleNamespace(commit_floor=lambda tp: commit_floor if tp == P0 else None)
     c._acked = defaultdict(list, {P0: list(acked)})
     c._acked_index = defaultdict(set, {P0: set(acked)})
     c._gap = defaultdict(IntervalTree)
@@ -99,6 +105,21 @@ def test_commits_up_to_the_first_message_not_done() -> None:
     assert c._new_offset(P0) == 103
     assert c._acked[P0] == [106, 107]
     assert c._acked_index[P0] == {106, 107}
+
+
+def test_no_commit_past_a_message_whose_effects_are_not_written_yet() -> None:
+    # Offsets 100-106 are acked; 103 changed a table value still pending (stream.writebehind).
+    c = consumer(InFlightSafeConsumer, 100, [100, 101, 102, 103, 104, 105, 106], [], commit_floor=103)
+    assert c._new_offset(P0) == 103
+    assert c._acked[P0] == [103, 104, 105, 106]
+    # With a message in flight below it, the lower of the two holds.
+    c = consumer(
+        InFlightSafeConsumer, 100, [100, 102, 103, 104], [message(101, tracked=True)], commit_floor=103
+    )
+    assert c._new_offset(P0) == 101
+    # Once written, the whole run goes.
+    c = consumer(InFlightSafeConsumer, 100, [100, 101, 102, 103, 104, 105, 106], [], commit_floor=None)
+    assert c._new_offset(P0) == 107
 
 
 def test_nothing_handed_over_and_unfinished_commits_like_faust() -> None:

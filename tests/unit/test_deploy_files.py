@@ -32,6 +32,9 @@ PENDING_FIELDS = {"worker_instance_id"} - set(Settings.model_fields)
 WORKER_METRICS: dict[str, set[str]] = {
     "streamrec_events_total": {"type"},
     "streamrec_held_events_total": set(),
+    "streamrec_item_activity_rows_total": {"stage"},
+    "streamrec_item_stats_pending": set(),
+    "streamrec_item_stats_writes_total": set(),
     "streamrec_invalid_events_total": {"topic"},
     "streamrec_dead_letters_total": {"topic", "reason"},
     "streamrec_queries_total": set(),
