@@ -81,9 +81,10 @@ class Settings(BaseSettings):
     query_batch_max: int = Field(default=32, ge=1, le=256)
     query_concurrency: int = Field(default=4, ge=1, le=64)
     query_batch_within_s: float = Field(default=0.005, gt=0, le=10)
-    # Item statistics are written this long after their first change since their last write, at most
-    # item_stats_writes_per_batch at a time (older ones first), and at once past
-    # item_stats_pending_max pending items, which bounds their memory (stream/writebehind.py).
+    # Item statistics are written this long after their first change since their last write, oldest
+    # first: up to item_stats_writes_per_batch of those due at a time, past that half of them (a
+    # backlog is spread over the batches), and at once past item_stats_pending_max pending items,
+    # which bounds their memory (stream/writebehind.py).
     item_stats_write_delay_s: float = Field(default=2.0, ge=0, le=60)
     item_stats_writes_per_batch: int = Field(default=128, ge=1)
     item_stats_pending_max: int = Field(default=20_000, ge=0)

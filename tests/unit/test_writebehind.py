@@ -30,33 +30,33 @@ def test_a_value_is_written_once_its_first_change_is_delay_old_with_its_last_val
     pending.put("b", event(0, 11), 1, now=0.5)
     pending.put("a", event(0, 12), 2, now=1.0)  # changed again: the write is still due at 2.0
     assert (pending.get("a"), pending.get("b"), pending.get("c"), len(pending)) == (2, 1, None, 2)
-    assert pending.write_due(1.9, at_most=10, keep=10) == 0
-    assert pending.write_due(2.0, at_most=10, keep=10) == 1
+    assert pending.write_due(1.9, at_least=10, keep=10) == 0
+    assert pending.write_due(2.0, at_least=10, keep=10) == 1
     assert written == [("a", 2, 12)]  # the last value, in the context of its last event
     assert pending.get("a") is None
     pending.put("a", event(0, 13), 3, now=2.1)  # a change after the write waits a whole delay again
-    assert pending.write_due(4.0, at_most=10, keep=10) == 1 and written[-1] == ("b", 1, 11)
-    assert pending.write_due(4.2, at_most=10, keep=10) == 1 and written[-1] == ("a", 3, 13)
+    assert pending.write_due(4.0, at_least=10, keep=10) == 1 and written[-1] == ("b", 1, 11)
+    assert pending.write_due(4.2, at_least=10, keep=10) == 1 and written[-1] == ("a", 3, 13)
 
 
-def test_a_batch_writes_at_most_so_many_oldest_first_but_never_leaves_one_twice_the_delay() -> None:
+def test_a_backlog_of_due_values_is_spread_over_the_calls_oldest_first() -> None:
     written, pending = recorder()
-    for i in range(5):
-        pending.put(f"k{i}", event(0, i), i, now=float(i) / 10)
-    assert pending.write_due(2.25, at_most=2, keep=100) == 2
-    assert [k for k, _, _ in written] == ["k0", "k1"]
-    # k2..k4 are due too, but the cap spreads them over the next batches...
-    assert pending.write_due(2.3, at_most=1, keep=100) == 1 and written[-1][0] == "k2"
-    # ...unless they have waited twice the delay: then they go whatever the cap.
-    assert pending.write_due(2 * DELAY + 0.4, at_most=0, keep=100) == 2
-    assert len(pending) == 0
+    for i in range(10):
+        pending.put(f"k{i}", event(0, i), i, now=float(i) / 100)
+    pending.put("late", event(0, 99), 0, now=1.0)  # not due at 2.5
+    assert pending.write_due(2.5, at_least=3, keep=100) == 5  # 10 due, over 3: half of them
+    assert [k for k, _, _ in written] == ["k0", "k1", "k2", "k3", "k4"]
+    assert pending.write_due(2.5, at_least=3, keep=100) == 3  # 5 due: 3, more than half
+    assert pending.write_due(2.5, at_least=3, keep=100) == 2  # the last 2 due: all of them
+    assert pending.write_due(2.5, at_least=3, keep=100) == 0
+    assert [k for k, _, _ in written][-1] == "k9" and pending.get("late") == 0
 
 
 def test_past_keep_the_oldest_are_written_whatever_their_age() -> None:
     written, pending = recorder()
     for i in range(5):
         pending.put(f"k{i}", event(0, i), i, now=0.0)
-    assert pending.write_due(0.0, at_most=0, keep=3) == 2
+    assert pending.write_due(0.0, at_least=0, keep=3) == 2
     assert [k for k, _, _ in written] == ["k0", "k1"]
     assert pending.flush() == 3 and len(pending) == 0
 
@@ -69,9 +69,9 @@ def test_the_floor_is_the_lowest_offset_of_a_partition_with_an_unwritten_change(
     pending.put("c", event(0, 7), 1, now=0.5)  # fetched again after a seek: lower, and later
     pending.put("a", event(0, 20), 2, now=0.6)  # a's first unwritten change is still 12
     assert (pending.floor((TOPIC, 0)), pending.floor((TOPIC, 1))) == (7, 40)
-    assert pending.write_due(2.2, at_most=10, keep=10) == 2  # a and b: c first changed at 0.5
+    assert pending.write_due(2.2, at_least=10, keep=10) == 2  # a and b: c first changed at 0.5
     assert (pending.floor((TOPIC, 0)), pending.floor((TOPIC, 1))) == (7, None)
-    assert pending.write_due(2.5, at_most=10, keep=10) == 1
+    assert pending.write_due(2.5, at_least=10, keep=10) == 1
     assert pending.floor((TOPIC, 0)) is None
 
 
